@@ -1,0 +1,140 @@
+"""Flat-dict helpers, strict parameter merging and position-embedding resampling.
+
+Checkpoints are read without pickle: ``numpy.load(allow_pickle=False)`` and safetensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: lists every problem at once."""
+
+
+def flatten(tree: Mapping, sep: str = "/") -> dict[str, Any]:
+    """``{"a": {"b": x}}`` -> ``{"a/b": x}``."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            for sub, v in flatten(value, sep).items():
+                out[f"{key}{sep}{sub}"] = v
+        else:
+            out[str(key)] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, Any], sep: str = "/") -> dict:
+    """Inverse of :func:`flatten`."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split(sep)
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def strict_merge(
+    loaded: Mapping[str, np.ndarray], expected: Mapping[str, Any], source: str = "checkpoint"
+) -> dict[str, np.ndarray]:
+    """Check a flat checkpoint against the model's flat parameter shapes; all problems in one error.
+
+    Args:
+      loaded: ``{name: array}`` converted to the canonical names.
+      expected: ``{name: array or ShapeDtypeStruct}`` from the model.
+    Returns:
+      ``loaded`` as float32 NumPy arrays when every key and shape matches.
+    """
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    misshaped = sorted(
+        f"{k}: checkpoint {tuple(np.shape(loaded[k]))} vs model {tuple(expected[k].shape)}"
+        for k in set(loaded) & set(expected)
+        if tuple(np.shape(loaded[k])) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or misshaped:
+        lines = [f"{source} does not match the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines.append(f"  {len(items)} {title} key(s):")
+                lines.extend(f"    {item}" for item in items)
+        raise CheckpointError("\n".join(lines))
+    out = {}
+    bad = []
+    for k, v in loaded.items():
+        arr = np.asarray(v, np.float32)
+        if not np.all(np.isfinite(arr)):
+            bad.append(k)
+        out[k] = arr
+    if bad:
+        raise CheckpointError(f"{source} holds NaN or Inf values in: {', '.join(sorted(bad))}")
+    return out
+
+
+def resample_posemb(posemb: np.ndarray, num_prefix: int, new_grid: int) -> np.ndarray:
+    """Bilinearly resample a ``[1, P + g*g, D]`` position embedding to ``[1, P + G*G, D]``.
+
+    The ``num_prefix`` leading rows (CLS / distillation) are kept as they are.
+    """
+    posemb = np.asarray(posemb, np.float32)
+    prefix, grid = posemb[:, :num_prefix], posemb[0, num_prefix:]
+    old = int(round(np.sqrt(grid.shape[0])))
+    if old * old != grid.shape[0]:
+        raise CheckpointError(f"position embedding with {grid.shape[0]} patch rows is not a square grid")
+    if old == new_grid:
+        return posemb
+    grid = grid.reshape(old, old, -1)
+    resized = jax.image.resize(jnp.asarray(grid), (new_grid, new_grid, grid.shape[-1]), "bilinear")
+    return np.concatenate([prefix, np.asarray(resized).reshape(1, new_grid * new_grid, -1)], axis=1)
+
+
+def npz_load(path: str | Path) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} not found") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path} as an .npz archive: {e}") from None
+
+
+def npz_save(path: str | Path, flat: Mapping[str, Any]) -> None:
+    """Write ``{name: array}`` as an uncompressed ``.npz`` (atomic rename)."""
+    path = Path(path)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
+    tmp.replace(path)
+
+
+def tree_to_flat_arrays(tree: Any) -> dict[str, np.ndarray]:
+    """Any pytree (e.g. an optax state) -> ``{keypath: array}`` with stable string keys."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def flat_arrays_to_tree(flat: Mapping[str, np.ndarray], like: Any) -> Any:
+    """Rebuild a pytree shaped like ``like`` from :func:`tree_to_flat_arrays` output."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    out = []
+    problems = []
+    for p, ref in leaves:
+        k = jax.tree_util.keystr(p)
+        if k not in flat:
+            problems.append(f"missing {k}")
+            continue
+        if np.shape(flat[k]) != np.shape(ref):
+            problems.append(f"{k}: {np.shape(flat[k])} vs {np.shape(ref)}")
+            continue
+        out.append(jnp.asarray(flat[k], dtype=jnp.asarray(ref).dtype))
+    if problems:
+        raise CheckpointError("state does not match: " + "; ".join(problems))
+    return jax.tree_util.tree_unflatten(treedef, out)

@@ -1,0 +1,1 @@
+"""Input pipelines: Fashion-MNIST IDX files (offline) and TFDS named datasets."""

@@ -1,0 +1,75 @@
+"""Host-side (NumPy) preprocessing shared by the IDX and TFDS pipelines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+
+def to_model_range(images: np.ndarray) -> np.ndarray:
+    """``uint8 [..., H, W, C]`` -> ``float32`` in [-1, 1] (Google ViT convention)."""
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def resize_nearest_area(images: np.ndarray, size: int) -> np.ndarray:
+    """Area-average down-sampling by an integer factor, or nearest up-sampling.
+
+    Args:
+      images: ``[N, H, W, C]`` float.  size: target side.
+    """
+    h = images.shape[1]
+    if size == h:
+        return images
+    if h % size == 0:
+        f = h // size
+        n, _, w, c = images.shape
+        return images.reshape(n, size, f, w // f, f, c).mean(axis=(2, 4))
+    if size % h == 0:
+        f = size // h
+        return images.repeat(f, axis=1).repeat(f, axis=2)
+    raise ValueError(f"cannot resize {h}x{h} images to {size}x{size} (need an integer factor)")
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 2, flip: bool = True) -> np.ndarray:
+    """Random crop after zero padding (in [-1,1] space: pad with -1) and horizontal flip.
+
+    Args:
+      images: ``[N, H, W, C]`` float32 in [-1, 1].
+    """
+    n, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-1.0)
+    dy = rng.integers(0, 2 * pad + 1, n)
+    dx = rng.integers(0, 2 * pad + 1, n)
+    rows = dy[:, None] + np.arange(h)[None]
+    cols = dx[:, None] + np.arange(w)[None]
+    out = padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    if flip:
+        mask = rng.random(n) < 0.5
+        out[mask] = out[mask, :, ::-1]
+    return out
+
+
+def batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+    *,
+    rng: np.random.Generator | None = None,
+    drop_remainder: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+    """Yield ``(images, labels, valid)``; the last partial batch is padded to ``batch_size``.
+
+    Padding keeps every batch the same shape (one compiled program); ``valid`` says how many rows
+    are real so metrics never count the padding.
+    """
+    n = len(images)
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size]
+        valid = len(idx)
+        if valid < batch_size:
+            if drop_remainder:
+                return
+            idx = np.concatenate([idx, np.repeat(idx[:1], batch_size - valid)])
+        yield images[idx], labels[idx], valid

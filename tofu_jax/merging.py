@@ -1,0 +1,219 @@
+"""Token-reduction ops on a :class:`~tofu_jax.matching.Matching` (SPEC §3) and proportional attention.
+
+Every op is a pure function of arrays plus static ints: shapes are fixed by ``r``, so each static
+configuration compiles once. Sizes ``s: [B, N, 1]`` count how many original patches a token stands for.
+Arithmetic runs in float32 whatever the input dtype (bf16 inputs come back as bf16).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+from tofu_jax.matching import Matching, _check_rank, gather_tokens, join, split_ab
+
+MlerpNorm = Literal["max", "weighted_mean"]
+_EPS = 1e-6
+
+
+def _scatter(b: jax.Array, idx: jax.Array, vals: jax.Array, how: str) -> jax.Array:
+    """Per-batch ``b[idx] (how)= vals`` for ``b [B, Nb, C]``, ``idx [B, r]``, ``vals [B, r, C]``."""
+
+    def one(bb, ii, vv):
+        ref = bb.at[ii]
+        return ref.add(vv) if how == "add" else ref.max(vv)
+
+    return jax.vmap(one)(b, idx, vals)
+
+
+def _check_inputs(x: jax.Array, size: jax.Array | None, m: Matching) -> jax.Array:
+    _check_rank("x", x, 3, "[B, N, C]")
+    if size is None:
+        size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    if size.shape != x.shape[:2] + (1,):
+        raise ValueError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
+    if m.unm_idx.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"matching batch {m.unm_idx.shape[0]} does not match x batch {x.shape[0]}"
+        )
+    na = (x.shape[1] + 1) // 2
+    if m.unm_idx.shape[1] + m.src_idx.shape[1] != na:
+        raise ValueError(
+            f"matching covers {m.unm_idx.shape[1] + m.src_idx.shape[1]} A tokens, but x with "
+            f"N={x.shape[1]} has {na}"
+        )
+    return size
+
+
+def prune(x: jax.Array, size: jax.Array | None, m: Matching) -> tuple[jax.Array, jax.Array]:
+    """ToFu prune: drop the src tokens; kept tokens and all sizes unchanged.
+
+    Args:
+      x: ``[B, N, C]`` tokens.  size: ``[B, N, 1]`` or None (all ones).  m: matching over N tokens.
+    Returns:
+      ``([B, N - r, C], [B, N - r, 1])``.
+    """
+    size = _check_inputs(x, size, m)
+    (xa, xb), (sa, sb) = split_ab(x), split_ab(size)
+    x_out = join(gather_tokens(xa, m.unm_idx), xb, m.protected)
+    s_out = join(gather_tokens(sa, m.unm_idx), sb, m.protected)
+    return x_out, s_out
+
+
+def _merge_parts(x, size, m):
+    """Size-weighted sums into B: returns (xa_unm, sa_unm, xb, sb, count, weighted_sum, new_size)."""
+    xf = x.astype(jnp.float32)
+    size = size.astype(jnp.float32)
+    (xa, xb), (sa, sb) = split_ab(xf), split_ab(size)
+    src_x = gather_tokens(xa, m.src_idx)
+    src_s = gather_tokens(sa, m.src_idx)
+    weighted = _scatter(xb * sb, m.dst_idx, src_x * src_s, "add")
+    new_size = _scatter(sb, m.dst_idx, src_s, "add")
+    count = _scatter(jnp.zeros_like(sb), m.dst_idx, jnp.ones_like(src_s), "add")
+    return xa, sa, xb, sb, src_x, src_s, count, weighted, new_size
+
+
+def merge_avg(x: jax.Array, size: jax.Array | None, m: Matching) -> tuple[jax.Array, jax.Array]:
+    """ToMe merge: ``x_dst <- sum(s_i x_i) / sum(s_i)``, ``s_dst <- sum(s_i)``.
+
+    Args:
+      x: ``[B, N, C]``.  size: ``[B, N, 1]`` or None.  m: matching over N tokens.
+    Returns:
+      ``([B, N - r, C], [B, N - r, 1])``; size-weighted token sum and total size are preserved.
+    """
+    size = _check_inputs(x, size, m)
+    xa, sa, xb, _, _, _, count, weighted, new_size = _merge_parts(x, size, m)
+    merged_b = jnp.where(count > 0, weighted / new_size, xb)
+    x_out = join(gather_tokens(xa, m.unm_idx), merged_b, m.protected)
+    s_out = join(gather_tokens(sa, m.unm_idx), new_size, m.protected)
+    return x_out.astype(x.dtype), s_out
+
+
+def merge_mlerp(
+    x: jax.Array, size: jax.Array | None, m: Matching, *, norm: MlerpNorm = "max"
+) -> tuple[jax.Array, jax.Array]:
+    """ToFu MLERP merge: direction of the size-weighted average, norm of the merged tokens.
+
+    ``norm="max"``: result norm is ``max_i ||x_i||`` over the dst and its srcs (default, SPEC §3).
+    ``norm="weighted_mean"``: ``sum(s_i ||x_i||) / sum(s_i)``. A zero average gives a zero token.
+
+    Args:
+      x: ``[B, N, C]``.  size: ``[B, N, 1]`` or None.  m: matching over N tokens.
+    Returns:
+      ``([B, N - r, C], [B, N - r, 1])``.
+    """
+    if norm not in ("max", "weighted_mean"):
+        raise ValueError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
+    size = _check_inputs(x, size, m)
+    xa, sa, xb, sb, src_x, src_s, count, weighted, new_size = _merge_parts(x, size, m)
+    avg = weighted / new_size
+    nb, ns = jnp.linalg.norm(xb, axis=-1, keepdims=True), jnp.linalg.norm(src_x, axis=-1, keepdims=True)
+    if norm == "max":
+        target = _scatter(nb, m.dst_idx, ns, "max")
+    else:
+        target = _scatter(nb * sb, m.dst_idx, ns * src_s, "add") / new_size
+    avg_norm = jnp.linalg.norm(avg, axis=-1, keepdims=True)
+    mlerp = avg * (target / jnp.maximum(avg_norm, _EPS))
+    merged_b = jnp.where(count > 0, mlerp, xb)
+    x_out = join(gather_tokens(xa, m.unm_idx), merged_b, m.protected)
+    s_out = join(gather_tokens(sa, m.unm_idx), new_size, m.protected)
+    return x_out.astype(x.dtype), s_out
+
+
+def importance_keep_indices(scores: jax.Array, r: int, *, protected: int = 1) -> jax.Array:
+    """Indices (ascending) of the ``N - r`` most important tokens; protected tokens always kept.
+
+    Args:
+      scores: ``[B, N]`` importance (higher = keep).  r: static count to drop.
+    Returns:
+      ``[B, N - r]`` int32.
+    """
+    _check_rank("scores", scores, 2, "[B, N]")
+    n = scores.shape[1]
+    if not isinstance(r, int) or not 0 <= r <= n - protected - 1:
+        raise ValueError(
+            f"r={r} out of range: importance pruning of {n} tokens with {protected} protected "
+            f"can drop 0..{n - protected - 1}"
+        )
+    scores = scores.astype(jnp.float32)
+    if protected:
+        scores = scores.at[:, :protected].set(jnp.inf)
+    _, keep = jax.lax.top_k(scores, n - r)
+    return jnp.sort(keep, axis=-1).astype(jnp.int32)
+
+
+def prune_importance(
+    x: jax.Array, size: jax.Array | None, scores: jax.Array, r: int, *, protected: int = 1
+) -> tuple[jax.Array, jax.Array]:
+    """EViT-style prune: drop the ``r`` non-protected tokens with the lowest score.
+
+    Args:
+      x: ``[B, N, C]``.  size: ``[B, N, 1]`` or None.  scores: ``[B, N]`` (e.g. CLS attention).
+    Returns:
+      ``([B, N - r, C], [B, N - r, 1])`` in original token order.
+    """
+    _check_rank("x", x, 3, "[B, N, C]")
+    if scores.shape != x.shape[:2]:
+        raise ValueError(f"scores must have shape {x.shape[:2]} ([B, N]), got {scores.shape}")
+    if size is None:
+        size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    keep = importance_keep_indices(scores, r, protected=protected)
+    return gather_tokens(x, keep), gather_tokens(size, keep)
+
+
+def unmerge(y: jax.Array, m: Matching, num_tokens: int) -> jax.Array:
+    """Undo one reduction for dense outputs: every removed token copies its dst's value.
+
+    Args:
+      y: ``[B, N - r, C]`` output of prune/merge with ``m``.  num_tokens: N before the reduction.
+    Returns:
+      ``[B, N, C]`` in the original token order.
+    """
+    _check_rank("y", y, 3, "[B, N - r, C]")
+    n_unm = m.unm_idx.shape[1]
+    na, nb = (num_tokens + 1) // 2, num_tokens // 2
+    if y.shape[1] != n_unm + nb:
+        raise ValueError(f"y has {y.shape[1]} tokens, the matching produces {n_unm + nb}")
+    if m.protected >= 2:
+        unm = jnp.concatenate([y[:, :1], y[:, 2 : n_unm + 1]], axis=1)
+        b = jnp.concatenate([y[:, 1:2], y[:, n_unm + 1 :]], axis=1)
+    else:
+        unm, b = y[:, :n_unm], y[:, n_unm:]
+
+    def place(u, bb, ui, si, di):
+        a = jnp.zeros((na,) + y.shape[2:], y.dtype)
+        a = a.at[ui].set(u)
+        return a.at[si].set(bb[di])
+
+    a = jax.vmap(place)(unm, b, m.unm_idx, m.src_idx, m.dst_idx)
+    out = jnp.zeros((y.shape[0], num_tokens) + y.shape[2:], y.dtype)
+    return out.at[:, ::2].set(a).at[:, 1::2].set(b)
+
+
+def merge_sources(sources: jax.Array, m: Matching, *, merged: bool) -> jax.Array:
+    """Track which original patches each token covers.
+
+    Args:
+      sources: ``[B, N, N0]`` 0/1 map.  m: matching over N tokens.
+      merged: True for merges (dst absorbs its srcs' patches), False for prune (they vanish).
+    Returns:
+      ``[B, N - r, N0]``.
+    """
+    sa, sb = split_ab(sources)
+    if merged:
+        sb = _scatter(sb, m.dst_idx, gather_tokens(sa, m.src_idx), "max")
+    return join(gather_tokens(sa, m.unm_idx), sb, m.protected)
+
+
+def size_bias(size: jax.Array) -> jax.Array:
+    """Proportional-attention bias ``log(s_j)`` added to logits of key ``j`` (SPEC §4).
+
+    Args:
+      size: ``[B, N, 1]``.
+    Returns:
+      ``[B, 1, 1, N]`` float32, broadcastable to attention logits ``[B, H, Nq, Nk]``.
+    """
+    _check_rank("size", size, 3, "[B, N, 1]")
+    return jnp.log(size.astype(jnp.float32))[:, None, None, :, 0]

@@ -1,0 +1,391 @@
+"""A Linen Vision Transformer with static per-block token reduction (ToMe/ToFu).
+
+Parameter names follow google-research/vision_transformer (``embedding``, ``cls``,
+``Transformer/posembed_input/pos_embedding``, ``Transformer/encoderblock_i/{LayerNorm_0,
+MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}``, ``Transformer/encoder_norm``, ``head``),
+so AugReg ``.npz`` checkpoints load without renaming. Reduction happens inside each block after the
+attention residual and before the MLP (SPEC §1), as chosen by a hashable :class:`Schedule`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from tofu_jax import merging
+from tofu_jax.matching import bipartite_soft_matching
+from tofu_jax.schedule import MATCHING_OPS, Schedule
+from tofu_jax.schedule import none as no_reduction
+from tofu_jax.scoring import cls_attention, key_norm
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+    """Architecture of a ViT. Hashable, so it can sit in a Linen module field."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    channels: int = 3
+    num_classes: int = 1000
+    width: int = 768
+    depth: int = 12
+    mlp_dim: int = 3072
+    num_heads: int = 12
+    classifier: str = "token"  # "token": CLS readout; "gap": size-weighted mean of patch tokens
+    cls_token: bool = True  # only meaningful for "gap" (MAE keeps a CLS token but pools patches)
+    distilled: bool = False  # DeiT distillation token at index 1 (protected like CLS)
+    fc_norm: bool = False  # "gap" as in MAE/timm: LayerNorm after pooling instead of before
+    representation_size: int | None = None  # Google's optional pre-logits Dense + tanh
+    layernorm_eps: float = 1e-6
+    gelu_approximate: bool = True  # Google uses tanh GELU; timm/HF use the exact erf form
+    dropout_rate: float = 0.0
+    dtype: str = "float32"  # compute dtype; parameters stay float32
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.width % self.num_heads:
+            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+        if self.classifier not in ("token", "gap"):
+            raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+        if self.classifier == "token" and not self.cls_token:
+            raise ValueError("classifier='token' needs cls_token=True")
+        if self.distilled and not self.cls_token:
+            raise ValueError("a distillation token needs a CLS token")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+    @property
+    def num_prefix(self) -> int:
+        """Leading protected tokens: CLS (and the distillation token)."""
+        return int(self.cls_token) + int(self.distilled)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + self.num_prefix
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    def replace(self, **kw) -> ViTConfig:
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViTConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = set(d) - names
+        if extra:
+            raise ValueError(f"unknown ViTConfig fields: {sorted(extra)}")
+        return cls(**d)
+
+
+_SIZES = {  # name: (width, depth, mlp_dim, heads)
+    "Ti": (192, 12, 768, 3),
+    "S": (384, 12, 1536, 6),
+    "B": (768, 12, 3072, 12),
+    "L": (1024, 24, 4096, 16),
+    "H": (1280, 32, 5120, 16),
+}
+PRESETS = tuple(f"{s}/{p}" for s in _SIZES for p in (14, 16, 32))
+
+
+def preset(name: str, **overrides) -> ViTConfig:
+    """ViT presets ``Ti|S|B|L|H / 14|16|32``, e.g. ``preset("B/16", num_classes=10)``."""
+    try:
+        size, patch = name.split("/")
+        width, depth, mlp, heads = _SIZES[size]
+        patch = int(patch)
+        if patch not in (14, 16, 32):
+            raise KeyError(patch)
+    except (ValueError, KeyError):
+        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+    fields = dict(width=width, depth=depth, mlp_dim=mlp, num_heads=heads, patch_size=patch)
+    fields.update(overrides)
+    return ViTConfig(**fields)
+
+
+class MultiHeadDotProductAttention(nn.Module):
+    """Self-attention that also returns the keys (matching metric) and CLS attention.
+
+    Kernels use Google's layout: query/key/value ``(D, H, hd)``, out ``(H, hd, D)``.
+    """
+
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, bias=None, *, need_cls_attn: bool = False):
+        """x: ``[B, N, D]``; bias: ``[B, 1, 1, N]`` or None.
+
+        Returns ``(out [B, N, D], keys [B, N, H, hd], cls_attn [B, N] or None)``.
+        """
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        dense = functools.partial(
+            nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype
+        )
+        q = dense(name="query")(x)
+        k = dense(name="key")(x)
+        v = dense(name="value")(x)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+        logits = logits / jnp.sqrt(jnp.float32(head_dim))
+        if bias is not None:
+            logits = logits + bias
+        attn = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(self.dtype), v)
+        out = nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
+        return out, k, (cls_attention(attn) if need_cls_attn else None)
+
+
+class MlpBlock(nn.Module):
+    """Dense -> GELU -> Dense (Google's ``MlpBlock``)."""
+
+    mlp_dim: int
+    gelu_approximate: bool = True
+    dropout_rate: float = 0.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True):
+        """x: ``[..., D]`` -> ``[..., D]``."""
+        width = x.shape[-1]
+        y = nn.Dense(self.mlp_dim, dtype=self.dtype, name="Dense_0")(x)
+        y = nn.gelu(y, approximate=self.gelu_approximate)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+        y = nn.Dense(width, dtype=self.dtype, name="Dense_1")(y)
+        return nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
+
+
+class MlpBranch(nn.Module):
+    """``LayerNorm_2 -> MlpBlock_3`` with a block's own parameter names (for the profiler)."""
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, x):
+        c = self.config
+        dtype = _DTYPES[c.dtype]
+        y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_2")(x)
+        return MlpBlock(c.mlp_dim, c.gelu_approximate, 0.0, dtype, name="MlpBlock_3")(y)
+
+
+class Encoder1DBlock(nn.Module):
+    """Pre-LN block: attention, then token reduction, then MLP."""
+
+    config: ViTConfig
+    reduction_op: str = "none"
+    r: int = 0
+    prop_attn: bool = True
+    mlerp_norm: str = "max"
+    metric: str = "keys"
+
+    @nn.compact
+    def __call__(self, x, size, sources, *, deterministic: bool = True):
+        """x: ``[B, N, D]``, size: ``[B, N, 1]``, sources: ``[B, N, N0]`` or None.
+
+        Returns ``(x, size, sources)`` with ``N - r`` tokens.
+        """
+        c = self.config
+        dtype = _DTYPES[c.dtype]
+        bias = merging.size_bias(size) if self.prop_attn else None
+        y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(x)
+        y, keys, cls_attn = MultiHeadDotProductAttention(
+            c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
+        )(y, bias, need_cls_attn=self.reduction_op == "prune_importance" and c.cls_token)
+        y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+        x = x + y
+        metric = keys.mean(axis=2) if self.metric == "keys" else x
+        self.sow("intermediates", "attn_out", x)
+        self.sow("intermediates", "metric", metric)
+        x, size, sources = self._reduce(x, size, sources, metric, cls_attn, keys)
+        self.sow("intermediates", "size", size)
+        if sources is not None:
+            self.sow("intermediates", "sources", sources)
+        y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_2")(x)
+        y = MlpBlock(
+            c.mlp_dim, c.gelu_approximate, c.dropout_rate, dtype, name="MlpBlock_3"
+        )(y, deterministic=deterministic)
+        self.sow("intermediates", "mlp_in", x)
+        self.sow("intermediates", "mlp_out", y)
+        return x + y, size, sources
+
+    def _reduce(self, x, size, sources, metric, cls_attn, keys):
+        if self.reduction_op == "none" or self.r == 0:
+            return x, size, sources
+        protected = self.config.num_prefix
+        if self.reduction_op == "prune_importance":
+            scores = cls_attn if cls_attn is not None else key_norm(keys)
+            keep = merging.importance_keep_indices(scores, self.r, protected=protected)
+            take = functools.partial(jnp.take_along_axis, axis=1)
+            if sources is not None:
+                sources = take(sources, keep[..., None])
+            return take(x, keep[..., None]), take(size, keep[..., None]), sources
+        assert self.reduction_op in MATCHING_OPS
+        m = bipartite_soft_matching(metric, self.r, protected=protected)
+        if self.reduction_op == "prune":
+            x, size = merging.prune(x, size, m)
+        elif self.reduction_op == "merge_avg":
+            x, size = merging.merge_avg(x, size, m)
+        else:
+            x, size = merging.merge_mlerp(x, size, m, norm=self.mlerp_norm)
+        if sources is not None:
+            sources = merging.merge_sources(sources, m, merged=self.reduction_op != "prune")
+        return x, size, sources
+
+
+class Encoder(nn.Module):
+    """Position embedding + blocks + final norm (Google's ``Transformer``)."""
+
+    config: ViTConfig
+    schedule: Schedule
+
+    @nn.compact
+    def __call__(self, x, *, deterministic: bool = True, track_sources: bool = False):
+        c = self.config
+        x = AddPositionEmbs(name="posembed_input")(x)
+        x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        batch, n = x.shape[:2]
+        size = jnp.ones((batch, n, 1), jnp.float32)
+        sources = (
+            jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (batch, n, n)) if track_sources else None
+        )
+        for i, b in enumerate(self.schedule.blocks):
+            x, size, sources = Encoder1DBlock(
+                c,
+                b.op,
+                b.r,
+                self.schedule.prop_attn,
+                self.schedule.mlerp_norm,
+                self.schedule.metric,
+                name=f"encoderblock_{i}",
+            )(x, size, sources, deterministic=deterministic)
+        if not c.fc_norm:
+            x = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=_DTYPES[c.dtype], name="encoder_norm")(x)
+        return x, size, sources
+
+
+class AddPositionEmbs(nn.Module):
+    """Learned position embedding ``pos_embedding [1, N, D]`` (prefix rows included)."""
+
+    @nn.compact
+    def __call__(self, x):
+        """x: ``[B, N, D]`` -> ``[B, N, D]``."""
+        pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02), (1,) + x.shape[1:])
+        return x + pos.astype(x.dtype)
+
+
+class ViT(nn.Module):
+    """Vision Transformer with an optional static token-reduction schedule.
+
+    Call as ``model.apply(params, images, schedule)``; ``images: [B, H, W, C]`` in [-1, 1] ->
+    ``logits [B, num_classes]``. Collect per-block intermediates with ``mutable=["intermediates"]``.
+    """
+
+    config: ViTConfig
+
+    def setup_check(self, images, schedule):
+        c = self.config
+        if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, c.channels):
+            raise ValueError(
+                f"images must have shape [B, {c.image_size}, {c.image_size}, {c.channels}] for this "
+                f"model, got {tuple(images.shape)}"
+            )
+        schedule.validate(c.depth, c.num_tokens, c.num_prefix)
+
+    @nn.compact
+    def __call__(
+        self,
+        images,
+        schedule: Schedule | None = None,
+        *,
+        train: bool = False,
+        track_sources: bool = False,
+    ):
+        c = self.config
+        schedule = schedule if schedule is not None else no_reduction(c.depth)
+        self.setup_check(images, schedule)
+        dtype = _DTYPES[c.dtype]
+        x = nn.Conv(
+            c.width,
+            (c.patch_size, c.patch_size),
+            strides=(c.patch_size, c.patch_size),
+            padding="VALID",
+            dtype=dtype,
+            name="embedding",
+        )(images.astype(dtype))
+        x = x.reshape(x.shape[0], -1, c.width)
+        prefix = []
+        if c.cls_token:
+            prefix.append(self.param("cls", nn.initializers.zeros, (1, 1, c.width)))
+        if c.distilled:
+            prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c.width)))
+        if prefix:
+            tiled = [jnp.broadcast_to(p, (x.shape[0], 1, c.width)).astype(dtype) for p in prefix]
+            x = jnp.concatenate(tiled + [x], axis=1)
+        x, size, sources = Encoder(c, schedule, name="Transformer")(
+            x, deterministic=not train, track_sources=track_sources
+        )
+        if sources is not None:
+            self.sow("intermediates", "sources", sources)
+        self.sow("intermediates", "size", size)
+        if c.classifier == "token":
+            feats = [x[:, 0]] + ([x[:, 1]] if c.distilled else [])
+        else:
+            tokens, weights = x[:, c.num_prefix :], size[:, c.num_prefix :]
+            pooled = (tokens * weights).sum(axis=1) / weights.sum(axis=1)
+            if c.fc_norm:
+                pooled = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="fc_norm")(pooled)
+            feats = [pooled]
+        self.sow("intermediates", "pre_logits", feats[0])
+        if c.representation_size is not None:
+            pre = nn.Dense(c.representation_size, dtype=dtype, name="pre_logits")
+            feats = [jnp.tanh(pre(f)) for f in feats]
+        head = nn.Dense(c.num_classes, dtype=dtype, kernel_init=nn.initializers.zeros, name="head")
+        logits = head(feats[0])
+        if c.distilled:
+            head_dist = nn.Dense(
+                c.num_classes, dtype=dtype, kernel_init=nn.initializers.zeros, name="head_dist"
+            )
+            logits = (logits + head_dist(feats[1])) / 2
+        return logits.astype(jnp.float32)
+
+
+def make_apply(model: ViT):
+    """``apply(params, images, schedule=None) -> logits`` jitted with the schedule static.
+
+    One XLA program is compiled per (schedule, image shape); new data never recompiles.
+    """
+
+    @functools.partial(jax.jit, static_argnames=("schedule",))
+    def apply(params, images, schedule: Schedule | None = None):
+        return model.apply({"params": params}, images, schedule)
+
+    return apply
+
+
+def init_params(config: ViTConfig, seed: int = 0) -> dict:
+    """Random parameters for ``config`` (no compilation of the full forward pass)."""
+    model = ViT(config)
+    images = jnp.zeros((1, config.image_size, config.image_size, config.channels), jnp.float32)
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), images)["params"]
