@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise DataError(f"{path} is a corrupt or truncated gzip file: {e}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DataError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
@@ -91,9 +92,7 @@ def load_split(split: str, directory: str | Path | None = None) -> tuple[np.ndar
     images = read_idx(_find(directory, img_name))
     labels = read_idx(_find(directory, lbl_name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
-        raise DataError(
-            f"{split} split: images {images.shape} and labels {labels.shape} do not match"
-        )
+        raise DataError(f"{split} split: images {images.shape} and labels {labels.shape} do not match")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{split} labels outside 0..9 in {directory}")
     return images[..., None].astype(np.uint8), labels.astype(np.int32)
