@@ -1,0 +1,210 @@
+"""Logit parity with timm and Hugging Face transformers on tiny random-weight models (SPEC §8).
+
+The reference models get random values in every parameter (LayerNorm scales and biases included),
+their state dicts are written as safetensors / ``torch.save`` files, loaded with
+:func:`tofu_jax.checkpoints.load.load_params`, and both models see the same images (NCHW for torch,
+NHWC for tofu_jax). Without reduction the logits must agree to 1e-4 in float32.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.checkpoints.helpers import TINY
+from tofu_jax.checkpoints import load
+from tofu_jax.checkpoints.common import flatten
+from tofu_jax.models.vit import ViT, ViTConfig
+
+pytestmark = pytest.mark.parity
+ATOL = 1e-4
+
+
+def _randomize(torch, module, seed=0):
+    """Every parameter ~ N(0, 0.1); LayerNorm scales ~ 1 + N(0, 0.1). Returns the module in eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen) * 0.1
+            is_scale = p.ndim == 1 and "norm" in name and name.endswith("weight")
+            p.copy_(noise + 1.0 if is_scale else noise)
+    return module.eval()
+
+
+def _images(seed=0, n=2):
+    return np.random.default_rng(seed).uniform(-1, 1, (n, 32, 32, 3)).astype(np.float32)
+
+
+def _torch_logits(torch, module, images):
+    with torch.no_grad():
+        out = module(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()))
+    out = getattr(out, "logits", out)
+    return out.numpy()
+
+
+def _ours(params, config, images):
+    return np.asarray(ViT(config).apply({"params": params}, jnp.asarray(images)))
+
+
+def _save_safetensors(state_dict, path):
+    from safetensors.numpy import save_file
+
+    save_file({k: v.detach().contiguous().numpy() for k, v in state_dict.items()}, str(path))
+    return path
+
+
+def _check(torch, module, path, config, fmt="auto"):
+    params = load.load_params(path, config, fmt=fmt)
+    images = _images()
+    ref = _torch_logits(torch, module, images)
+    ours = _ours(params, config, images)
+    assert ours.shape == ref.shape
+    err = float(np.abs(ours - ref).max())
+    print(f"{path.name} ({fmt}): max |logit difference| {err:.2e}")
+    assert err < ATOL, f"max |logit difference| {err:.2e}"
+    assert np.abs(ref).max() > 0.1  # the comparison is not between near-zero outputs
+    return err
+
+
+# ------------------------------------------------------------------------------------------- timm
+
+
+def _timm_model(timm, torch, name="vit_tiny_patch16_224", **kw):
+    args = dict(
+        pretrained=False,
+        img_size=TINY["image_size"],
+        patch_size=TINY["patch_size"],
+        embed_dim=TINY["width"],
+        depth=TINY["depth"],
+        num_heads=TINY["num_heads"],
+        mlp_ratio=TINY["mlp_dim"] / TINY["width"],
+        num_classes=TINY["num_classes"],
+    )
+    args.update(kw)
+    return _randomize(torch, timm.create_model(name, **args))
+
+
+TIMM_CASES = {
+    "token": (dict(), dict()),
+    "gap_fc_norm": (dict(global_pool="avg", fc_norm=True), dict(classifier="gap", fc_norm=True)),
+    "gap_no_cls": (
+        dict(global_pool="avg", class_token=False, fc_norm=False),
+        dict(classifier="gap", cls_token=False),
+    ),
+    "no_embed_class": (dict(no_embed_class=True), dict()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TIMM_CASES))
+def test_timm_vit(timm, torch, tmp_path, case):
+    timm_kw, cfg_kw = TIMM_CASES[case]
+    module = _timm_model(timm, torch, **timm_kw)
+    config = ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False, **cfg_kw)
+    path = _save_safetensors(module.state_dict(), tmp_path / "timm.safetensors")
+    _check(torch, module, path, config, fmt="auto")
+    _check(torch, module, path, config, fmt="timm")
+
+
+def test_timm_deit_distilled(timm, torch, tmp_path):
+    module = _timm_model(timm, torch, "deit_tiny_distilled_patch16_224")
+    config = ViTConfig(**TINY, distilled=True, layernorm_eps=1e-6, gelu_approximate=False)
+    path = _save_safetensors(module.state_dict(), tmp_path / "deit.safetensors")
+    _check(torch, module, path, config)
+
+
+def test_timm_pth_training_checkpoint(timm, torch, tmp_path):
+    """A ``torch.save`` training checkpoint: ``{"model": {"module.<key>": ...}, "epoch": ...}``."""
+    module = _timm_model(timm, torch)
+    config = ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False)
+    wrapped = {"model": {f"module.{k}": v for k, v in module.state_dict().items()}, "epoch": 3}
+    torch.save(wrapped, tmp_path / "checkpoint.pth")
+    _check(torch, module, tmp_path / "checkpoint.pth", config)
+
+
+def test_timm_unsupported_keys_are_reported(timm, torch, tmp_path):
+    """Layer scale (DeiT III) has no place in the model: named as unexpected, not dropped."""
+    module = _timm_model(timm, torch, init_values=0.1)
+    config = ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False)
+    path = _save_safetensors(module.state_dict(), tmp_path / "ls.safetensors")
+    with pytest.raises(load.CheckpointError) as e:
+        load.load_params(path, config)
+    for i in range(TINY["depth"]):
+        assert f"blocks.{i}.ls1.gamma" in str(e.value)
+        assert f"blocks.{i}.ls2.gamma" in str(e.value)
+
+
+# ------------------------------------------------------------------------------- HF transformers
+
+
+def _hf_config(transformers, cls_name="ViTConfig", **kw):
+    return getattr(transformers, cls_name)(
+        image_size=TINY["image_size"],
+        patch_size=TINY["patch_size"],
+        hidden_size=TINY["width"],
+        num_hidden_layers=TINY["depth"],
+        num_attention_heads=TINY["num_heads"],
+        intermediate_size=TINY["mlp_dim"],
+        num_labels=TINY["num_classes"],
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        **kw,
+    )
+
+
+def _hf_vit(transformers, torch):
+    return _randomize(torch, transformers.ViTForImageClassification(_hf_config(transformers)))
+
+
+HF_TINY = ViTConfig(**TINY, layernorm_eps=1e-12, gelu_approximate=False)
+
+
+def test_hf_vit_in_memory_names(transformers, torch, tmp_path):
+    """``model.state_dict()`` names of the installed transformers (5: ``vit.layers.i.attention.q_proj``)."""
+    module = _hf_vit(transformers, torch)
+    path = _save_safetensors(module.state_dict(), tmp_path / "hf.safetensors")
+    _check(torch, module, path, HF_TINY, fmt="auto")
+    _check(torch, module, path, HF_TINY, fmt="hf")
+
+
+def test_hf_vit_save_pretrained(transformers, torch, tmp_path):
+    """``save_pretrained`` writes the Hub's names (``vit.encoder.layer.i.attention.attention.query``)."""
+    module = _hf_vit(transformers, torch)
+    module.save_pretrained(tmp_path / "hub")
+    _check(torch, module, tmp_path / "hub", HF_TINY)
+    _check(torch, module, tmp_path / "hub" / "model.safetensors", HF_TINY)
+
+
+def test_hf_vit_pytorch_model_bin(transformers, torch, tmp_path):
+    module = _hf_vit(transformers, torch)
+    torch.save(module.state_dict(), tmp_path / "pytorch_model.bin")
+    _check(torch, module, tmp_path / "pytorch_model.bin", HF_TINY)
+
+
+def test_hf_deit_with_teacher(transformers, torch, tmp_path):
+    config = _hf_config(transformers, "DeiTConfig")
+    module = _randomize(torch, transformers.DeiTForImageClassificationWithTeacher(config))
+    path = _save_safetensors(module.state_dict(), tmp_path / "deit.safetensors")
+    _check(torch, module, path, HF_TINY.replace(distilled=True))
+
+
+def test_hf_vit_model_pooler(transformers, torch, tmp_path):
+    """A bare ``ViTModel``: the pooler becomes ``pre_logits``, or is dropped with a warning."""
+    module = _randomize(torch, transformers.ViTModel(_hf_config(transformers)))
+    path = _save_safetensors(module.state_dict(), tmp_path / "vitmodel.safetensors")
+    state = module.state_dict()
+
+    with_rep = HF_TINY.replace(representation_size=TINY["width"])
+    params = flatten(load.load_params(path, with_rep, reset_head=True))
+    np.testing.assert_array_equal(params["pre_logits/kernel"], state["pooler.dense.weight"].numpy().T)
+    np.testing.assert_array_equal(params["head/kernel"], 0)
+
+    with pytest.warns(UserWarning, match="pooler"):
+        params = flatten(load.load_params(path, HF_TINY, reset_head=True))
+    assert "pre_logits/kernel" not in params
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(load.CheckpointError, match="missing"):
+            load.load_params(path, with_rep)  # no classifier in a ViTModel: the head is missing
