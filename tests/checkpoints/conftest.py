@@ -11,8 +11,9 @@ import types
 
 import pytest
 
-from tests.checkpoints.helpers import TINY
 from tofu_jax.models.vit import ViTConfig
+
+from .helpers import TINY
 
 
 @pytest.fixture

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.checkpoints.helpers import TINY, random_flat
 from tofu_jax.checkpoints import google, load
 from tofu_jax.checkpoints.common import CheckpointError, flatten, unflatten
 from tofu_jax.models.vit import ViT, ViTConfig
+
+from .helpers import TINY, random_flat
 
 POS = "Transformer/posembed_input/pos_embedding"
 CONFIG = ViTConfig(**TINY)

@@ -14,10 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.checkpoints.helpers import TINY
 from tofu_jax.checkpoints import load
 from tofu_jax.checkpoints.common import flatten
 from tofu_jax.models.vit import ViT, ViTConfig
+
+from .helpers import TINY
 
 pytestmark = pytest.mark.parity
 ATOL = 1e-4

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from tests.checkpoints.helpers import TINY, random_flat
 from tofu_jax.checkpoints import load, torch_formats
 from tofu_jax.checkpoints.common import CheckpointError, flatten
 from tofu_jax.models.vit import ViTConfig
+
+from .helpers import TINY, random_flat
 
 ATT = "MultiHeadDotProductAttention_1"
 
