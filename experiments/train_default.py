@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax.checkpoints import google
-from tofu_jax.checkpoints.load import adapt
 from tofu_jax.checkpoints.common import flatten
+from tofu_jax.checkpoints.load import adapt
 from tofu_jax.data import idx
 from tofu_jax.data.preprocess import augment, batches, resize_nearest_area, to_model_range
 from tofu_jax.evaluate import accuracy
@@ -77,12 +77,14 @@ def run_phase(name, config, params, images, labels, optim, args, log):
             if step % 50 == 0 or step == optim.total_steps:
                 m = {k: float(v) for k, v in metrics.items()}
                 rate = (time.time() - t0) / max(step, 1)
-                print(f"[{name}] step {step}/{optim.total_steps} loss {m['loss']:.4f} "
-                      f"acc {m['accuracy']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+                print(
+                    f"[{name}] step {step}/{optim.total_steps} loss {m['loss']:.4f} "
+                    f"acc {m['accuracy']:.3f} ({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
                 log.writerow([name, step, m["loss"], m["accuracy"], m["grad_norm"], f"{rate:.3f}"])
             if step % args.ckpt_every == 0:
                 save_train_state(state_path, params, opt_state, step, {"phase": name})
-        t0 = t0  # keep timing from phase start
     save_train_state(state_path, params, opt_state, step, {"phase": name})
     return params
 
@@ -114,7 +116,9 @@ def main(argv=None):
         low_steps = int(args.low_epochs * steps_per_epoch)
         params = init_params(low_cfg, args.seed)
         low_opt = OptimConfig(learning_rate=args.lr, warmup_steps=300, total_steps=low_steps)
-        params = run_phase("low", low_cfg, params, resize_nearest_area(train_f, 14), train_y, low_opt, args, log)
+        params = run_phase(
+            "low", low_cfg, params, resize_nearest_area(train_f, 14), train_y, low_opt, args, log
+        )
         fh.flush()
 
         high_params = adapt(flatten(jax.device_get(params)), BASE, source="low-res phase")
@@ -137,7 +141,7 @@ def main(argv=None):
         "dataset": "fashion_mnist (IDX files), test split 10000 images",
         "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1]); no resize",
         "training": {
-            "command": "python experiments/train_default.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
             "high_res_steps": args.high_steps, "batch_size": args.batch_size,
             "optimizer": "adamw + warmup cosine, label smoothing 0.1, random crop + flip",

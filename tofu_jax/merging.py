@@ -35,9 +35,7 @@ def _check_inputs(x: jax.Array, size: jax.Array | None, m: Matching) -> jax.Arra
     if size.shape != x.shape[:2] + (1,):
         raise ValueError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
     if m.unm_idx.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"matching batch {m.unm_idx.shape[0]} does not match x batch {x.shape[0]}"
-        )
+        raise ValueError(f"matching batch {m.unm_idx.shape[0]} does not match x batch {x.shape[0]}")
     na = (x.shape[1] + 1) // 2
     if m.unm_idx.shape[1] + m.src_idx.shape[1] != na:
         raise ValueError(

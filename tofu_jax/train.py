@@ -49,6 +49,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
         max(cfg.total_steps, cfg.warmup_steps + 1),
         cfg.learning_rate * cfg.end_lr_fraction,
     )
+
     # No weight decay on biases, norms, embeddings of tokens/positions.
     def decay_mask(params):
         return jax.tree_util.tree_map_with_path(
@@ -67,9 +68,7 @@ def make_train_step(model: ViT, tx: optax.GradientTransformation, label_smoothin
     @functools.partial(jax.jit, static_argnames=("schedule",), donate_argnums=(0, 1))
     def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
         def loss_fn(p):
-            logits = model.apply(
-                {"params": p}, images, schedule, train=True, rngs={"dropout": rng}
-            )
+            logits = model.apply({"params": p}, images, schedule, train=True, rngs={"dropout": rng})
             onehot = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
             loss = optax.softmax_cross_entropy(logits, onehot).mean()
             return loss, logits

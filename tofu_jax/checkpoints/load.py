@@ -62,14 +62,14 @@ def adapt(
         merged = strict_merge(flat, expected, source)
     except CheckpointError as e:
         hint = ""
-        if not reset_head and any(k.startswith("head/") and "mis-shaped" in str(e) for k in flat):
-            hint = "\n  (different class count? pass reset_head=True / --reset-head to re-initialise the head)"
+        if not reset_head and any(line.strip().startswith("head/") for line in str(e).splitlines()):
+            hint = (
+                "\n  (different class count? pass reset_head=True / --reset-head to re-initialise the head)"
+            )
         raise CheckpointError(str(e) + hint) from None
     return jax.tree_util.tree_map(jnp.asarray, unflatten(merged))
 
 
-def load_params(
-    path: str | Path, config: ViTConfig, *, fmt: str = "auto", reset_head: bool = False
-) -> dict:
+def load_params(path: str | Path, config: ViTConfig, *, fmt: str = "auto", reset_head: bool = False) -> dict:
     """Load ``path`` (Google/big_vision npz, timm or HF safetensors / ``.pth`` / ``.bin``) for ``config``."""
     return adapt(read_flat(path, fmt, config), config, reset_head=reset_head, source=str(path))

@@ -223,9 +223,9 @@ class Encoder1DBlock(nn.Module):
         if sources is not None:
             self.sow("intermediates", "sources", sources)
         y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_2")(x)
-        y = MlpBlock(
-            c.mlp_dim, c.gelu_approximate, c.dropout_rate, dtype, name="MlpBlock_3"
-        )(y, deterministic=deterministic)
+        y = MlpBlock(c.mlp_dim, c.gelu_approximate, c.dropout_rate, dtype, name="MlpBlock_3")(
+            y, deterministic=deterministic
+        )
         self.sow("intermediates", "mlp_in", x)
         self.sow("intermediates", "mlp_out", y)
         return x + y, size, sources
@@ -267,9 +267,7 @@ class Encoder(nn.Module):
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
         batch, n = x.shape[:2]
         size = jnp.ones((batch, n, 1), jnp.float32)
-        sources = (
-            jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (batch, n, n)) if track_sources else None
-        )
+        sources = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (batch, n, n)) if track_sources else None
         for i, b in enumerate(self.schedule.blocks):
             x, size, sources = Encoder1DBlock(
                 c,

@@ -1,0 +1,288 @@
+"""The ``tofu-jax`` command (also ``python -m tofu_jax``): thin flag parsing over the modules.
+
+tofu-jax                      # = tofu-jax run: bundled model, ToFu vs ToMe vs baseline
+tofu-jax run --budget 0.5 --num-examples 0
+tofu-jax profile --out profile.json
+tofu-jax plan --profile profile.json --budget 0.4 --out schedule.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+USER_ERRORS: tuple[type[Exception], ...] = ()
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from tofu_jax.checkpoints.common import CheckpointError
+    from tofu_jax.data.idx import DataError
+    from tofu_jax.planner import BudgetError
+    from tofu_jax.schedule import ScheduleError
+
+    return (CheckpointError, DataError, BudgetError, ScheduleError, FileNotFoundError, ValueError)
+
+
+# --- shared option groups ---------------------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--checkpoint", help="Google/big_vision .npz, timm or HF .safetensors/.pth/.bin (default: bundled)"
+    )
+    g.add_argument(
+        "--model", help="model config: a JSON card/config file or a preset like B/16 (default: bundled)"
+    )
+    g.add_argument(
+        "--format", default="auto", choices=["auto", "google", "timm", "hf"], help="checkpoint layout"
+    )
+    g.add_argument(
+        "--image-size", type=int, help="override the config's image size (position embedding resampled)"
+    )
+    g.add_argument("--num-classes", type=int, help="override the class count (needs --reset-head)")
+    g.add_argument(
+        "--reset-head", action="store_true", help="re-initialise the head when class counts differ"
+    )
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset", default="fashion_mnist_idx", help="fashion_mnist_idx (offline IDX files) or a TFDS name"
+    )
+    g.add_argument("--data-dir", help="IDX directory or TFDS data_dir")
+    g.add_argument("--batch-size", type=int, default=250)
+    g.add_argument("--calib-images", type=int, default=256, help="training-split images for profiling")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def _load_model(args):
+    from tofu_jax.models.loading import load_model
+
+    return load_model(
+        args.checkpoint,
+        args.model,
+        fmt=args.format,
+        reset_head=args.reset_head,
+        image_size=args.image_size,
+        num_classes=args.num_classes,
+        dtype=args.dtype,
+    )
+
+
+def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
+    """``(images float32 [N, H, W, C] in [-1, 1], labels int32 [N])``; deterministic subsample."""
+    if args.dataset == "fashion_mnist_idx":
+        from tofu_jax.data import idx
+        from tofu_jax.data.preprocess import resize_nearest_area, to_model_range
+
+        images, labels = idx.load_split(split, args.data_dir)
+        images = to_model_range(images)
+        if images.shape[-1] != config.channels:
+            images = np.repeat(images, config.channels, axis=-1)
+        images = resize_nearest_area(images, config.image_size)
+    else:
+        from tofu_jax.data import tfds as tfds_data
+
+        images, labels = tfds_data.load_arrays(
+            args.dataset,
+            split,
+            image_size=config.image_size,
+            data_dir=args.data_dir,
+            channels=config.channels,
+        )
+    if limit:
+        order = np.random.default_rng(args.seed + (split == "train")).permutation(len(images))
+        sel = np.sort(order[offset : offset + limit])
+        images, labels = images[sel], labels[sel]
+    return images, labels
+
+
+class _Progress:
+    """A tqdm bar when stderr is a terminal or always (tqdm writes to stderr)."""
+
+    def __init__(self, total: int, desc: str):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
+
+    def __call__(self, name: str, n: int) -> None:
+        self.bar.set_description(name)
+        self.bar.update(n)
+
+    def close(self):
+        self.bar.close()
+
+
+def _score_fn(config, params, images, labels, batch_size):
+    from tofu_jax.data.preprocess import batches
+    from tofu_jax.evaluate import accuracy
+    from tofu_jax.models.vit import ViT, make_apply
+
+    apply = make_apply(ViT(config))
+    return lambda s: accuracy(apply, params, batches(images, labels, batch_size), s)["top1"]
+
+
+def _make_plan(args, config, params, profile):
+    from tofu_jax import planner
+
+    score = None
+    if args.planner == "search":
+        held_x, held_y = _load_split(args, config, "train", args.search_images, offset=args.calib_images)
+        score = _score_fn(config, params, held_x, held_y, args.batch_size)
+    return planner.plan(profile, config, args.budget, mode=args.planner, metric=args.metric, score=score)
+
+
+def _profile(args, config, params):
+    from tofu_jax.profiler import profile_model
+
+    calib_x, _ = _load_split(args, config, "train", args.calib_images)
+    return profile_model(config, params, calib_x, r_profile=args.r_profile, seed=args.seed)
+
+
+# --- commands ---------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from tofu_jax import planner
+    from tofu_jax.compare import compare, device_description, format_table
+    from tofu_jax.schedule import Schedule
+    from tofu_jax.viz import plot_comparison
+
+    t0 = time.time()
+    config, params = _load_model(args)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    test_x, test_y = _load_split(args, config, "test", args.num_examples)
+    print(
+        f"model: ViT depth {config.depth} width {config.width}, {config.num_tokens} tokens; "
+        f"{len(test_x)} test images; budget {args.budget:.0%} fewer FLOPs",
+        flush=True,
+    )
+    if args.schedule:
+        tofu = Schedule.from_json(args.schedule)
+        tofu.validate(config.depth, config.num_tokens, config.num_prefix)
+        plan_meta = {"mode": "file", "path": args.schedule}
+    else:
+        profile = _profile(args, config, params)
+        profile.save(out_dir / "profile.json")
+        p = _make_plan(args, config, params, profile)
+        tofu, plan_meta = p.schedule, p.meta(config)
+    tofu.to_json(out_dir / "tofu_schedule.json", meta=plan_meta)
+    tome = planner.allocate(config, ["merge_avg"] * config.depth, args.budget, prop_attn=True)
+    schedules = {"baseline": None, "tofu": tofu, "tome": tome}
+    bar = _Progress(len(test_x) * len(schedules), "evaluating")
+    rows = compare(
+        config, params, schedules, test_x, test_y,
+        batch_size=args.batch_size, bench_batch=args.bench_batch, bench_runs=args.bench_runs, progress=bar,
+    )  # fmt: skip
+    bar.close()
+    print(format_table(rows))
+    result = {
+        "device": device_description(),
+        "budget": args.budget,
+        "num_examples": len(test_x),
+        "planner": plan_meta,
+        "rows": rows,
+        "wall_s": time.time() - t0,
+    }
+    (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    plot_comparison(rows, out_dir / "comparison.png", f"{len(test_x)} test images, budget {args.budget:.0%}")
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'comparison.png'} ({time.time() - t0:.0f}s)")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from tofu_jax import planner
+    from tofu_jax.viz import plot_profile
+
+    config, params = _load_model(args)
+    profile = _profile(args, config, params)
+    profile.save(args.out)
+    tau = planner.otsu_threshold(profile.metric(args.metric))
+    plot_profile(profile, Path(args.out).with_suffix(".png"), tau)
+    print(f"{'block':>5}{'L_mlp(m)':>10}{'L_mlp(r)':>10}{'L_blk(m)':>10}{'cos(m)':>8}{'|avg|/|x|':>10}")
+    for b in profile.blocks:
+        print(f"{b.block:>5}{b.L_mlp_matched:>10.4f}{b.L_mlp_random:>10.4f}{b.L_block_matched:>10.4f}"
+              f"{b.cos_matched:>8.3f}{b.avg_norm_ratio:>10.3f}")  # fmt: skip
+    print(f"wrote {args.out} and {Path(args.out).with_suffix('.png')}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from tofu_jax.profiler import Profile
+
+    config, params = _load_model(args)
+    profile = Profile.load(args.profile) if args.profile else _profile(args, config, params)
+    p = _make_plan(args, config, params, profile)
+    meta = p.meta(config)
+    p.schedule.to_json(args.out, meta=meta)
+    print(p.schedule.describe())
+    print(f"{meta['gflops']:.4f} GFLOPs ({1 - meta['flops_ratio']:.1%} fewer); wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tofu-jax", description="Token Fusion for ViTs in JAX/Flax")
+    sub = parser.add_subparsers(dest="command")
+
+    def planning(p):
+        p.add_argument("--budget", type=float, default=0.4, help="fraction of FLOPs to remove (default 0.4)")
+        p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
+        p.add_argument("--metric", default="L_mlp_matched", help="profile column the planner thresholds")
+        p.add_argument(
+            "--search-images", type=int, default=512, help="held-out training images for --planner search"
+        )
+        p.add_argument("--r-profile", type=int, help="matched pairs per image per block while profiling")
+
+    run = sub.add_parser("run", help="main job: baseline vs ToFu vs ToMe at one FLOPs budget")
+    _model_args(run)
+    _data_args(run)
+    planning(run)
+    run.add_argument("--schedule", help="use this schedule JSON for ToFu instead of planning")
+    run.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
+    run.add_argument("--bench-batch", type=int, default=64)
+    run.add_argument("--bench-runs", type=int, default=5)
+    run.add_argument("--out-dir", default="runs/main")
+    run.set_defaults(func=cmd_run)
+
+    prof = sub.add_parser("profile", help="per-block linearity profile on calibration images")
+    _model_args(prof)
+    _data_args(prof)
+    prof.add_argument("--r-profile", type=int)
+    prof.add_argument("--metric", default="L_mlp_matched")
+    prof.add_argument("--out", default="profile.json")
+    prof.set_defaults(func=cmd_profile)
+
+    pl = sub.add_parser("plan", help="profile + budget -> schedule JSON")
+    _model_args(pl)
+    _data_args(pl)
+    planning(pl)
+    pl.add_argument("--profile", help="profile JSON from `tofu-jax profile` (else profile now)")
+    pl.add_argument("--out", default="schedule.json")
+    pl.set_defaults(func=cmd_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        msg = str(e).split("\n--------------------\n")[0]
+        print(f"tofu-jax: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

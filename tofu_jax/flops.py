@@ -1,0 +1,63 @@
+"""Analytic FLOPs of a ViT under a reduction schedule (SPEC §7).
+
+Counted as multiply-adds x 2 (the convention of XLA's ``cost_analysis()['flops']``) for the matrix
+products only: per block with ``N`` tokens entering attention and ``N'`` leaving the reduction,
+``2 * (4 N D^2 + 2 N^2 D)`` for attention (q, k, v, out projections, scores and weighted sum),
+``2 * (N/2)^2 C`` for bipartite matching (C = head dim of the averaged keys), and
+``2 * 2 N' D M`` for the MLP. Plus patch embedding ``2 N0 p^2 c D`` and the head ``2 D K``.
+LayerNorm, softmax, GELU and the merges are elementwise and omitted; XLA counts them, which is
+why its figure is a few percent higher (see tests/test_flops.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from tofu_jax.models.vit import ViTConfig
+from tofu_jax.schedule import MATCHING_OPS, Schedule
+from tofu_jax.schedule import none as no_reduction
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsReport:
+    total: float  # FLOPs per image
+    embed: float
+    blocks: tuple[float, ...]
+    head: float
+    tokens: tuple[int, ...]  # tokens entering each block, then the final count
+
+    @property
+    def gflops(self) -> float:
+        return self.total / 1e9
+
+
+def block_flops(n_in: int, n_out: int, config: ViTConfig, op: str = "none", metric: str = "keys") -> float:
+    """FLOPs of one block with ``n_in`` tokens at attention and ``n_out`` at the MLP."""
+    d, m = config.width, config.mlp_dim
+    macs = 4 * n_in * d * d + 2 * n_in * n_in * d + 2 * n_out * d * m
+    if op in MATCHING_OPS and n_out < n_in:
+        c = config.head_dim if metric == "keys" else d
+        macs += ((n_in + 1) // 2) * (n_in // 2) * c
+    return 2.0 * macs
+
+
+def model_flops(config: ViTConfig, schedule: Schedule | None = None) -> FlopsReport:
+    """Per-image FLOPs of ``config`` under ``schedule`` (validated against the model)."""
+    schedule = schedule if schedule is not None else no_reduction(config.depth)
+    schedule.validate(config.depth, config.num_tokens, config.num_prefix)
+    counts = schedule.token_counts(config.num_tokens, config.num_prefix)
+    embed = 2.0 * config.num_patches * config.patch_size**2 * config.channels * config.width
+    blocks = tuple(
+        block_flops(counts[i], counts[i + 1], config, b.op, schedule.metric)
+        for i, b in enumerate(schedule.blocks)
+    )
+    heads = 1 + int(config.distilled)
+    head = 2.0 * config.width * config.num_classes * heads
+    if config.representation_size:
+        head += 2.0 * config.width * config.representation_size * heads
+    return FlopsReport(embed + sum(blocks) + head, embed, blocks, head, tuple(counts))
+
+
+def flops_ratio(config: ViTConfig, schedule: Schedule) -> float:
+    """FLOPs of ``schedule`` divided by the unreduced model's."""
+    return model_flops(config, schedule).total / model_flops(config).total
