@@ -46,7 +46,7 @@ BASE = ViTConfig(
 )  # fmt: skip
 
 
-def run_phase(name, config, params, images, labels, optim, args, log):
+def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     model = ViT(config)
     tx = make_optimizer(optim)
     opt_state = tx.init(params)
@@ -83,6 +83,7 @@ def run_phase(name, config, params, images, labels, optim, args, log):
                     flush=True,
                 )
                 log.writerow([name, step, m["loss"], m["accuracy"], m["grad_norm"], f"{rate:.3f}"])
+                log_file.flush()
             if step % args.ckpt_every == 0:
                 save_train_state(state_path, params, opt_state, step, {"phase": name})
     save_train_state(state_path, params, opt_state, step, {"phase": name})
@@ -125,7 +126,7 @@ def main(argv=None):
         high_opt = OptimConfig(
             learning_rate=args.high_lr, warmup_steps=20, total_steps=args.high_steps, weight_decay=0.05
         )
-        params = run_phase("high", BASE, high_params, train_f, train_y, high_opt, args, log)
+        params = run_phase("high", BASE, high_params, train_f, train_y, high_opt, args, log, fh)
 
     apply = make_apply(ViT(BASE))
     test = to_model_range(test_x)

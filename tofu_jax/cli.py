@@ -153,6 +153,7 @@ def cmd_run(args) -> int:
     from tofu_jax.viz import plot_comparison
 
     t0 = time.time()
+    planner.check_budget(args.budget)
     config, params = _load_model(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViTConfig
 from tofu_jax.profiler import Profile
-from tofu_jax.schedule import BlockReduction, Schedule
+from tofu_jax.schedule import IMPORTANCE_OPS, BlockReduction, Schedule
 
 MODES = ("per_block", "split", "search")
 
@@ -74,12 +74,22 @@ def choose_ops(
     return [prune_op] * k + [merge_op] * (len(values) - k), {"threshold": tau, "metric": metric, "split": k}
 
 
+def check_budget(budget: float | None, target_gflops: float | None = None) -> None:
+    """Raise :class:`BudgetError` unless exactly one of a fraction in [0, 1) or a GFLOPs target is given."""
+    if (budget is None) == (target_gflops is None):
+        raise BudgetError("give exactly one of budget (fraction of FLOPs removed) or target_gflops")
+    if budget is not None and not 0.0 <= budget < 1.0:
+        raise BudgetError(f"budget must be a fraction of FLOPs to remove in [0, 1), got {budget}")
+    if target_gflops is not None and target_gflops <= 0:
+        raise BudgetError(f"target_gflops must be positive, got {target_gflops}")
+
+
 def _fill(config: ViTConfig, ops: Sequence[str], rs: Sequence[int], **options) -> Schedule:
     """Schedule with ``rs`` clamped to what each block can remove."""
     n, protected = config.num_tokens, config.num_prefix
     blocks = []
     for op, r in zip(ops, rs, strict=True):
-        limit = max_reduction(n, protected) if op != "prune_importance" else max(0, n - protected - 1)
+        limit = max_reduction(n, protected) if op not in IMPORTANCE_OPS else max(0, n - protected - 1)
         r = 0 if op == "none" else min(int(r), limit)
         blocks.append(BlockReduction(op if r else "none", r))
         n -= r
@@ -106,11 +116,8 @@ def allocate(
     if len(ops) != config.depth:
         raise ValueError(f"got {len(ops)} ops for a model of depth {config.depth}")
     base = model_flops(config).total
-    if (budget is None) == (target_gflops is None):
-        raise BudgetError("give exactly one of budget (fraction of FLOPs removed) or target_gflops")
+    check_budget(budget, target_gflops)
     if budget is not None:
-        if not 0.0 <= budget < 1.0:
-            raise BudgetError(f"budget must be a fraction of FLOPs to remove in [0, 1), got {budget}")
         target = base * (1.0 - budget)
     else:
         target = target_gflops * 1e9
@@ -181,6 +188,7 @@ def plan(
     """Profile + budget -> :class:`Plan`. ``mode="search"`` needs ``score`` (higher is better)."""
     if len(profile.blocks) != config.depth:
         raise ValueError(f"profile has {len(profile.blocks)} blocks, the model has depth {config.depth}")
+    check_budget(budget, target_gflops)
     alloc = lambda ops: allocate(config, ops, budget, target_gflops=target_gflops, **options)
     if mode in ("per_block", "split"):
         ops, info = choose_ops(profile, mode, metric=metric)
@@ -199,15 +207,17 @@ def plan(
     candidates.setdefault("prune_all", ["prune"] * config.depth)
     scores = {}
     best = None
+    failures = []
     for name, ops in candidates.items():
         try:
             sched = alloc(ops)
-        except BudgetError:
+        except BudgetError as e:
+            failures.append(f"{name}: {e}")
             continue
         scores[name] = float(score(sched))
         if best is None or scores[name] > scores[best[0]]:
             best = (name, sched)
     if best is None:
-        raise BudgetError("no candidate schedule meets the budget")
+        raise BudgetError("no candidate schedule meets the budget; " + "; ".join(failures))
     info = {"threshold": per_info["threshold"], "metric": metric, "chosen": best[0], "scores": scores}
     return Plan(best[1], "search", info)

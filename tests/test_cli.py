@@ -1,0 +1,113 @@
+"""End-to-end runs of the ``tofu-jax`` CLI on a tiny model and a tiny IDX dataset."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tofu_jax.checkpoints import google
+from tofu_jax.cli import main
+from tofu_jax.data.idx import write_idx
+from tofu_jax.models.vit import ViTConfig, init_params
+
+TINY = ViTConfig(
+    image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2
+)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    params = init_params(TINY, 0)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    params = jax.tree_util.tree_unflatten(
+        tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
+    )
+    google.save_npz(root / "tiny.npz", params)
+    (root / "tiny.json").write_text(json.dumps({"config": TINY.to_dict()}))
+    data = root / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 120), ("t10k", 40)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return root
+
+
+def _common(assets):
+    return [
+        "--checkpoint",
+        str(assets / "tiny.npz"),
+        "--model",
+        str(assets / "tiny.json"),
+        "--data-dir",
+        str(assets / "data"),
+    ]
+
+
+def test_run_writes_table_json_and_plot(assets, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _common(assets) + [
+        "--budget", "0.3", "--num-examples", "0", "--calib-images", "32", "--search-images", "32",
+        "--batch-size", "16", "--bench-batch", "8", "--bench-runs", "2", "--out-dir", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "baseline" in text and "tofu" in text and "tome" in text
+    res = json.loads((out / "results.json").read_text())
+    names = [r["name"] for r in res["rows"]]
+    assert names == ["baseline", "tofu", "tome"]
+    assert res["num_examples"] == 40
+    for r in res["rows"][1:]:
+        assert r["flops_ratio"] <= 0.7 and r["speedup"] > 0
+    assert (out / "comparison.png").stat().st_size > 1000
+    assert (out / "tofu_schedule.json").exists() and (out / "profile.json").exists()
+
+
+def test_profile_and_plan_commands(assets, tmp_path, capsys):
+    prof = tmp_path / "profile.json"
+    assert main(["profile", *_common(assets), "--calib-images", "32", "--out", str(prof)]) == 0
+    assert prof.exists() and prof.with_suffix(".png").exists()
+    sched = tmp_path / "s.json"
+    argv = ["plan", *_common(assets), "--profile", str(prof), "--planner", "split", "--budget", "0.25"]
+    assert main([*argv, "--out", str(sched)]) == 0
+    d = json.loads(sched.read_text())
+    assert d["version"] == 1 and len(d["blocks"]) == 3 and d["meta"]["flops_ratio"] <= 0.75
+    # The planned schedule drives `run`.
+    out = tmp_path / "run"
+    argv = _common(assets) + ["--schedule", str(sched), "--num-examples", "16", "--batch-size", "16"]
+    assert (
+        main([*argv, "--bench-batch", "4", "--bench-runs", "1", "--budget", "0.25", "--out-dir", str(out)])
+        == 0
+    )
+    assert json.loads((out / "results.json").read_text())["planner"]["mode"] == "file"
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--budget", "1.5"], "budget must be"),
+        (["--checkpoint", "/nonexistent.npz"], "not found"),
+        (["--image-size", "30"], "image_size 30 is not a multiple of patch_size 7"),
+        (["--num-classes", "5"], "different class count? pass reset_head"),
+        (["--data-dir", "/nonexistent"], "does not exist"),
+        (["--schedule", "/nonexistent.json"], "cannot read schedule"),
+    ],
+)
+def test_user_errors_print_one_line_and_exit_2(assets, tmp_path, capsys, extra, needle):
+    argv = _common(assets) + ["--num-examples", "8", "--out-dir", str(tmp_path)] + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("tofu-jax: error:") and needle in "\n".join(err)
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_module_entry_point_help():
+    res = subprocess.run(
+        [sys.executable, "-m", "tofu_jax", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0 and "profile" in res.stdout and "plan" in res.stdout
