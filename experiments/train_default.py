@@ -118,7 +118,7 @@ def main(argv=None):
         params = init_params(low_cfg, args.seed)
         low_opt = OptimConfig(learning_rate=args.lr, warmup_steps=300, total_steps=low_steps)
         params = run_phase(
-            "low", low_cfg, params, resize_nearest_area(train_f, 14), train_y, low_opt, args, log
+            "low", low_cfg, params, resize_nearest_area(train_f, 14), train_y, low_opt, args, log, fh
         )
         fh.flush()
 

@@ -111,3 +111,36 @@ def test_module_entry_point_help():
         [sys.executable, "-m", "tofu_jax", "--help"], capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0 and "profile" in res.stdout and "plan" in res.stdout
+
+
+def test_finetune_trains_resumes_and_evaluates(assets, tmp_path, capsys):
+    out = tmp_path / "ft"
+    argv = [
+        "finetune",
+        *_common(assets),
+        "--budget",
+        "0.25",
+        "--planner",
+        "per_block",
+        "--calib-images",
+        "16",
+    ]
+    argv += [
+        "--steps",
+        "4",
+        "--train-batch",
+        "8",
+        "--ckpt-every",
+        "2",
+        "--num-examples",
+        "16",
+        "--out-dir",
+        str(out),
+    ]
+    assert main(argv) == 0
+    res = json.loads((out / "finetune.json").read_text())
+    assert [r["name"] for r in res["rows"]] == ["zero_shot", "finetuned"]
+    assert len(res["train_log"]) == 4 and (out / "finetuned.npz").exists()
+    # Re-running with more steps resumes from the saved state (step 4) instead of starting over.
+    assert main([*argv[:-6], "--steps", "6", *argv[-4:]]) == 0
+    assert len(json.loads((out / "finetune.json").read_text())["train_log"]) == 2

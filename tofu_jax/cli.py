@@ -4,6 +4,7 @@ tofu-jax                      # = tofu-jax run: bundled model, ToFu vs ToMe vs b
 tofu-jax run --budget 0.5 --num-examples 0
 tofu-jax profile --out profile.json
 tofu-jax plan --profile profile.json --budget 0.4 --out schedule.json
+tofu-jax export --schedule schedule.json --batch 8 --out export/
 """
 
 from __future__ import annotations
@@ -226,6 +227,74 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tofu_jax.export import write_export
+    from tofu_jax.schedule import Schedule
+
+    config, params = _load_model(args)
+    schedule = Schedule.from_json(args.schedule) if args.schedule else None
+    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
+    meta = {"checkpoint": args.checkpoint, "model": args.model, "schedule": args.schedule}
+    side = write_export(
+        args.out, config, params, schedule, args.batch, platforms=platforms, tf=args.tf, meta=meta
+    )
+    print(
+        f"{side['schedule_describe']}: {side['gflops_per_image']:.4f} GFLOPs/image, tokens {side['tokens']}"
+    )
+    print(
+        f"wrote {Path(args.out) / side['artifact']} ({side['artifact_bytes'] / 1e6:.2f} MB, params baked in)"
+    )
+    for key, value in side.get("tf", {}).items():
+        print(f"tf {key}: {value}")
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    import jax
+
+    from tofu_jax import planner
+    from tofu_jax.checkpoints import google
+    from tofu_jax.compare import compare, format_table
+    from tofu_jax.finetune import FinetuneConfig, finetune
+    from tofu_jax.schedule import Schedule
+
+    planner.check_budget(args.budget)
+    config, params = _load_model(args)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if args.schedule:
+        sched = Schedule.from_json(args.schedule)
+        sched.validate(config.depth, config.num_tokens, config.num_prefix)
+    else:
+        sched = _make_plan(args, config, params, _profile(args, config, params)).schedule
+    sched.to_json(out_dir / "schedule.json")
+    train_x, train_y = _load_split(args, config, "train", args.train_images)
+    test_x, test_y = _load_split(args, config, "test", args.num_examples)
+    zero_shot = params
+    ft = FinetuneConfig(
+        steps=args.steps, batch_size=args.train_batch, learning_rate=args.lr, seed=args.seed,
+        warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every,
+    )  # fmt: skip
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=ft.steps, desc="fine-tuning", unit="step", file=sys.stderr, leave=False)
+    params, log = finetune(
+        config, params, sched, train_x, train_y, ft, workdir=out_dir,
+        progress=lambda s, m: (bar.update(s - bar.n), bar.set_postfix(loss=f"{m['loss']:.3f}")),
+    )  # fmt: skip
+    bar.close()
+    google.save_npz(out_dir / "finetuned.npz", jax.device_get(params))
+    rows = []
+    for name, p in (("zero_shot", zero_shot), ("finetuned", params)):
+        res = compare(config, p, {name: sched}, test_x, test_y, batch_size=args.batch_size, bench_runs=1)
+        rows.extend(res)
+    print(format_table(rows))
+    result = {"schedule": sched.to_dict(), "steps": ft.steps, "rows": rows, "train_log": log}
+    (out_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out_dir / 'finetuned.npz'} and {out_dir / 'finetune.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tofu-jax", description="Token Fusion for ViTs in JAX/Flax")
     sub = parser.add_subparsers(dest="command")
@@ -265,6 +334,28 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--profile", help="profile JSON from `tofu-jax profile` (else profile now)")
     pl.add_argument("--out", default="schedule.json")
     pl.set_defaults(func=cmd_plan)
+
+    ex = sub.add_parser("export", help="serialized jax.export (StableHLO) artifact + JSON sidecar")
+    _model_args(ex)
+    ex.add_argument("--schedule", help="schedule JSON (default: no reduction)")
+    ex.add_argument("--batch", type=int, default=8, help="fixed batch size of the artifact")
+    ex.add_argument("--platforms", default="cpu", help="comma-separated, e.g. cpu,cuda")
+    ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
+    ex.add_argument("--out", default="export", help="output directory")
+    ex.set_defaults(func=cmd_export)
+    ft = sub.add_parser("finetune", help="train with a schedule active, then evaluate")
+    _model_args(ft)
+    _data_args(ft)
+    planning(ft)
+    ft.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
+    ft.add_argument("--steps", type=int, default=100)
+    ft.add_argument("--lr", type=float, default=1e-4)
+    ft.add_argument("--train-batch", type=int, default=64)
+    ft.add_argument("--train-images", type=int, default=0, help="training images to sample from (0 = all)")
+    ft.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
+    ft.add_argument("--ckpt-every", type=int, default=50)
+    ft.add_argument("--out-dir", default="runs/finetune", help="checkpoints go here; re-run to resume")
+    ft.set_defaults(func=cmd_finetune)
     return parser
 
 

@@ -3,7 +3,8 @@
 Counted as multiply-adds x 2 (the convention of XLA's ``cost_analysis()['flops']``) for the matrix
 products only: per block with ``N`` tokens entering attention and ``N'`` leaving the reduction,
 ``2 * (4 N D^2 + 2 N^2 D)`` for attention (q, k, v, out projections, scores and weighted sum),
-``2 * (N/2)^2 C`` for bipartite matching (C = head dim of the averaged keys), and
+``2 * (N/2)^2 C`` for bipartite matching (C = head dim of the averaged keys), ``2 r (N - r) C`` for
+importance-guided merging (r sources against N - r kept tokens), and
 ``2 * 2 N' D M`` for the MLP. Plus patch embedding ``2 N0 p^2 c D`` and the head ``2 D K``.
 LayerNorm, softmax, GELU and the merges are elementwise and omitted; XLA counts them, which is
 why its figure is a few percent higher (see tests/test_flops.py).
@@ -14,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from tofu_jax.models.vit import ViTConfig
-from tofu_jax.schedule import MATCHING_OPS, Schedule
+from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, MATCHING_OPS, Schedule
 from tofu_jax.schedule import none as no_reduction
 
 
@@ -38,6 +39,9 @@ def block_flops(n_in: int, n_out: int, config: ViTConfig, op: str = "none", metr
     if op in MATCHING_OPS and n_out < n_in:
         c = config.head_dim if metric == "keys" else d
         macs += ((n_in + 1) // 2) * (n_in // 2) * c
+    elif op in IMPORTANCE_MERGE_OPS and n_out < n_in:  # sources x kept tokens similarity
+        c = config.head_dim if metric == "keys" else d
+        macs += (n_in - n_out) * n_out * c
     return 2.0 * macs
 
 

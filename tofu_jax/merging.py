@@ -7,7 +7,7 @@ Arithmetic runs in float32 whatever the input dtype (bf16 inputs come back as bf
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -215,3 +215,159 @@ def size_bias(size: jax.Array) -> jax.Array:
     """
     _check_rank("size", size, 3, "[B, N, 1]")
     return jnp.log(size.astype(jnp.float32))[:, None, None, :, 0]
+
+
+# --- importance-guided selection ------------------------------------------------------------------
+class ImportancePlan(NamedTuple):
+    """Which tokens go by importance, and which kept token each one joins by similarity.
+
+    The ``r`` least important non-protected tokens are sources; each is matched to its most similar
+    (cosine on the metric) *kept* non-protected token. Unlike bipartite matching, every kept token can
+    be a destination and ``r`` can go up to ``N - protected - 1``.
+
+    Attributes:
+      keep_idx: ``[B, N - r]`` int32, original indices of the kept tokens, ascending (protected first).
+      src_idx: ``[B, r]`` int32, original indices of the removed tokens, ascending.
+      dst_idx: ``[B, r]`` int32, position in ``keep_idx`` (the output) of each source's destination.
+      scores: ``[B, N]`` float32 importance the plan was made from (used by ``weights="importance"``).
+      protected: number of leading protected tokens (never removed, never a destination).
+    """
+
+    keep_idx: jax.Array
+    src_idx: jax.Array
+    dst_idx: jax.Array
+    scores: jax.Array
+    protected: int = 1
+
+    @property
+    def r(self) -> int:
+        return self.src_idx.shape[-1]
+
+
+def max_importance_reduction(num_tokens: int, protected: int = 1) -> int:
+    """Largest ``r`` importance-guided ops can remove (one non-protected token must stay)."""
+    return max(0, num_tokens - protected - 1)
+
+
+def importance_matching(metric: jax.Array, scores: jax.Array, r: int, protected: int = 1) -> ImportancePlan:
+    """Plan an importance-guided reduction: least important ``r`` tokens -> most similar kept token.
+
+    Ties in ``scores`` resolve by index (the lower index counts as more important, as in
+    ``lax.top_k``), ties in similarity by the lower kept position, identically to the NumPy reference.
+
+    Args:
+      metric: ``[B, N, C]`` similarity features (keys averaged over heads), compared by cosine.
+      scores: ``[B, N]`` importance, higher = keep (CLS attention, key norm, gradient saliency).
+      r: static number of tokens to remove, ``0 <= r <= N - protected - 1``.
+      protected: leading tokens that are never removed and never absorb another token.
+    Returns:
+      An :class:`ImportancePlan`; ops applied with it return ``N - r`` tokens in original order.
+    """
+    _check_rank("metric", metric, 3, "[B, N, C]")
+    _check_rank("scores", scores, 2, "[B, N]")
+    b, n = metric.shape[:2]
+    if scores.shape != (b, n):
+        raise ValueError(f"scores must have shape {(b, n)} ([B, N]), got {tuple(scores.shape)}")
+    if protected not in (0, 1, 2):
+        raise ValueError(f"protected must be 0, 1 or 2, got {protected}")
+    limit = max_importance_reduction(n, protected)
+    if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= limit:
+        raise ValueError(
+            f"r={r} out of range: importance-guided reduction of {n} tokens with {protected} protected "
+            f"can remove 0..{limit}"
+        )
+    scores = scores.astype(jnp.float32)
+    ranked = scores.at[:, :protected].set(jnp.inf) if protected else scores
+    order = jnp.argsort(-ranked, axis=-1, stable=True).astype(jnp.int32)
+    keep_idx = jnp.sort(order[:, : n - r], axis=-1)
+    src_idx = jnp.sort(order[:, n - r :], axis=-1)
+    unit = metric.astype(jnp.float32)
+    unit = unit / jnp.maximum(jnp.linalg.norm(unit, axis=-1, keepdims=True), _EPS)
+    sim = jnp.einsum("bic,bjc->bij", gather_tokens(unit, src_idx), gather_tokens(unit, keep_idx))
+    if protected:  # kept positions 0..protected-1 are the protected tokens (keep_idx is ascending)
+        sim = sim.at[:, :, :protected].set(-jnp.inf)
+    dst_idx = sim.argmax(axis=-1).astype(jnp.int32)
+    return ImportancePlan(keep_idx, src_idx, dst_idx, scores, protected)
+
+
+def _check_plan(x: jax.Array, size: jax.Array | None, plan: ImportancePlan) -> jax.Array:
+    _check_rank("x", x, 3, "[B, N, C]")
+    if size is None:
+        size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+    if size.shape != x.shape[:2] + (1,):
+        raise ValueError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
+    covered = plan.keep_idx.shape[1] + plan.src_idx.shape[1]
+    if plan.keep_idx.shape[0] != x.shape[0] or covered != x.shape[1]:
+        raise ValueError(
+            f"plan covers batch {plan.keep_idx.shape[0]} x {covered} tokens, x has {tuple(x.shape[:2])}"
+        )
+    return size
+
+
+def prune_unimportant(
+    x: jax.Array, size: jax.Array | None, plan: ImportancePlan
+) -> tuple[jax.Array, jax.Array]:
+    """Drop the plan's sources (the ``r`` least important tokens); kept tokens and sizes unchanged.
+
+    Returns ``([B, N - r, C], [B, N - r, 1])`` in original order.
+    """
+    size = _check_plan(x, size, plan)
+    return gather_tokens(x, plan.keep_idx), gather_tokens(size, plan.keep_idx)
+
+
+def merge_importance(
+    x: jax.Array,
+    size: jax.Array | None,
+    plan: ImportancePlan,
+    *,
+    rule: Literal["mlerp", "avg"] = "mlerp",
+    weights: Literal["size", "importance"] = "size",
+    norm: MlerpNorm = "max",
+) -> tuple[jax.Array, jax.Array]:
+    """Merge each source into its planned kept token.
+
+    Weights ``w_i`` are the sizes (``weights="size"``) or sizes times importance
+    (``weights="importance"``, EViT-style fusion; scores are clipped at a small positive floor).
+    ``rule="avg"``: ``x_dst <- sum(w_i x_i) / sum(w_i)``. ``rule="mlerp"``: the same direction, with
+    norm ``max_i ||x_i||`` (``norm="max"``) or ``sum(w_i ||x_i||) / sum(w_i)`` (``"weighted_mean"``).
+    Sizes always add up (``s_dst <- sum(s_i)``). Kept tokens that absorb nothing pass through unchanged.
+
+    Args:
+      x: ``[B, N, C]``.  size: ``[B, N, 1]`` or None.  plan: from :func:`importance_matching`.
+    Returns:
+      ``([B, N - r, C], [B, N - r, 1])`` in original order (protected tokens first).
+    """
+    if rule not in ("mlerp", "avg"):
+        raise ValueError(f"rule must be 'mlerp' or 'avg', got {rule!r}")
+    if weights not in ("size", "importance"):
+        raise ValueError(f"weights must be 'size' or 'importance', got {weights!r}")
+    if norm not in ("max", "weighted_mean"):
+        raise ValueError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
+    size = _check_plan(x, size, plan)
+    xf, sf = x.astype(jnp.float32), size.astype(jnp.float32)
+    w = sf if weights == "size" else sf * jnp.maximum(plan.scores.astype(jnp.float32), _EPS)[..., None]
+    keep_x, src_x = gather_tokens(xf, plan.keep_idx), gather_tokens(xf, plan.src_idx)
+    keep_w, src_w = gather_tokens(w, plan.keep_idx), gather_tokens(w, plan.src_idx)
+    keep_s, src_s = gather_tokens(sf, plan.keep_idx), gather_tokens(sf, plan.src_idx)
+    new_size = _scatter(keep_s, plan.dst_idx, src_s, "add")
+    w_sum = _scatter(keep_w, plan.dst_idx, src_w, "add")
+    count = _scatter(jnp.zeros_like(keep_w), plan.dst_idx, jnp.ones_like(src_w), "add")
+    merged = _scatter(keep_x * keep_w, plan.dst_idx, src_x * src_w, "add") / w_sum
+    if rule == "mlerp":
+        nk = jnp.linalg.norm(keep_x, axis=-1, keepdims=True)
+        ns = jnp.linalg.norm(src_x, axis=-1, keepdims=True)
+        if norm == "max":
+            target = _scatter(nk, plan.dst_idx, ns, "max")
+        else:
+            target = _scatter(nk * keep_w, plan.dst_idx, ns * src_w, "add") / w_sum
+        merged = merged * (target / jnp.maximum(jnp.linalg.norm(merged, axis=-1, keepdims=True), _EPS))
+    x_out = jnp.where(count > 0, merged, keep_x)
+    return x_out.astype(x.dtype), new_size
+
+
+def importance_sources(sources: jax.Array, plan: ImportancePlan, *, merged: bool) -> jax.Array:
+    """Source tracking for an :class:`ImportancePlan`: ``[B, N, N0]`` -> ``[B, N - r, N0]``."""
+    kept = gather_tokens(sources, plan.keep_idx)
+    if merged:
+        kept = _scatter(kept, plan.dst_idx, gather_tokens(sources, plan.src_idx), "max")
+    return kept

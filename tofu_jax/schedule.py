@@ -14,10 +14,19 @@ from typing import Literal
 
 from tofu_jax.matching import max_reduction
 
-Op = Literal["none", "prune", "merge_avg", "merge_mlerp", "prune_importance"]
-OPS: tuple[str, ...] = ("none", "prune", "merge_avg", "merge_mlerp", "prune_importance")
+Op = Literal[
+    "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
+    "merge_importance_avg",
+]  # fmt: skip
+OPS: tuple[str, ...] = (
+    "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
+    "merge_importance_avg",
+)  # fmt: skip
 MATCHING_OPS = ("prune", "merge_avg", "merge_mlerp")
 MERGE_OPS = ("merge_avg", "merge_mlerp")
+# Importance-guided ops (tokens chosen by CLS attention / key norm): r <= N - protected - 1.
+IMPORTANCE_OPS = ("prune_importance", "merge_importance_mlerp", "merge_importance_avg")
+IMPORTANCE_MERGE_OPS = ("merge_importance_mlerp", "merge_importance_avg")
 SCHEDULE_VERSION = 1
 
 
@@ -104,7 +113,7 @@ class Schedule:
         for i, b in enumerate(self.blocks):
             if b.op in MATCHING_OPS:
                 limit = max_reduction(n, protected)
-            elif b.op == "prune_importance":
+            elif b.op in IMPORTANCE_OPS:
                 limit = max(0, n - protected - 1)
             else:
                 limit = 0

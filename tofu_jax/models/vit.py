@@ -19,7 +19,7 @@ import jax.numpy as jnp
 
 from tofu_jax import merging
 from tofu_jax.matching import bipartite_soft_matching
-from tofu_jax.schedule import MATCHING_OPS, Schedule
+from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, IMPORTANCE_OPS, MATCHING_OPS, Schedule
 from tofu_jax.schedule import none as no_reduction
 from tofu_jax.scoring import cls_attention, key_norm
 
@@ -212,7 +212,7 @@ class Encoder1DBlock(nn.Module):
         y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(x)
         y, keys, cls_attn = MultiHeadDotProductAttention(
             c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
-        )(y, bias, need_cls_attn=self.reduction_op == "prune_importance" and c.cls_token)
+        )(y, bias, need_cls_attn=self.reduction_op in IMPORTANCE_OPS and c.cls_token)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         x = x + y
         metric = keys.mean(axis=2) if self.metric == "keys" else x
@@ -241,6 +241,14 @@ class Encoder1DBlock(nn.Module):
             if sources is not None:
                 sources = take(sources, keep[..., None])
             return take(x, keep[..., None]), take(size, keep[..., None]), sources
+        if self.reduction_op in IMPORTANCE_MERGE_OPS:
+            scores = cls_attn if cls_attn is not None else key_norm(keys)
+            plan = merging.importance_matching(metric, scores, self.r, protected=protected)
+            rule = "mlerp" if self.reduction_op == "merge_importance_mlerp" else "avg"
+            x, size = merging.merge_importance(x, size, plan, rule=rule, norm=self.mlerp_norm)
+            if sources is not None:
+                sources = merging.importance_sources(sources, plan, merged=True)
+            return x, size, sources
         assert self.reduction_op in MATCHING_OPS
         m = bipartite_soft_matching(metric, self.r, protected=protected)
         if self.reduction_op == "prune":

@@ -1,0 +1,50 @@
+"""Shared set-up of the experiment scripts: model + data loading from the same flags as the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+
+from tofu_jax import cli
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    cli._model_args(p)
+    cli._data_args(p)
+    p.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
+    p.add_argument("--bench-batch", type=int, default=64)
+    p.add_argument("--bench-runs", type=int, default=3)
+    p.add_argument("--out", help="output stem (default experiments/results/<script>)")
+    return p
+
+
+def setup(args):
+    """``(config, params, test_x, test_y, calib_x)``."""
+    config, params = cli._load_model(args)
+    test_x, test_y = cli._load_split(args, config, "test", args.num_examples)
+    calib_x, _ = cli._load_split(args, config, "train", args.calib_images)
+    return config, params, test_x, test_y, calib_x
+
+
+def environment() -> dict:
+    return {
+        "device": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "devices": jax.device_count(),
+        "jax": jax.__version__,
+        "machine": platform.machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n")
