@@ -144,3 +144,30 @@ def test_finetune_trains_resumes_and_evaluates(assets, tmp_path, capsys):
     # Re-running with more steps resumes from the saved state (step 4) instead of starting over.
     assert main([*argv[:-6], "--steps", "6", *argv[-4:]]) == 0
     assert len(json.loads((out / "finetune.json").read_text())["train_log"]) == 2
+
+
+def test_visualize_draws_groups_and_schedule(assets, tmp_path):
+    out = tmp_path / "vis" / "t.png"
+    argv = [
+        "visualize",
+        *_common(assets),
+        "--budget",
+        "0.3",
+        "--planner",
+        "per_block",
+        "--calib-images",
+        "16",
+    ]
+    assert main([*argv, "--index", "2", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000 and (tmp_path / "vis" / "t_schedule.png").exists()
+    assert main([*argv, "--index", "99999", "--out", str(out)]) == 2
+
+
+def test_token_groups_marks_pruned_patches():
+    from tofu_jax.viz import token_groups
+
+    sources = np.zeros((3, 5))  # CLS + 4 patches -> 2 groups, patch 3 pruned
+    sources[0, 0] = 1
+    sources[1, [1, 2]] = 1
+    sources[2, 4] = 1
+    np.testing.assert_array_equal(token_groups(sources, 1, 2), [[1, 1], [-1, 2]])

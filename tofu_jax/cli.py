@@ -295,6 +295,59 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_visualize(args) -> int:
+    import jax.numpy as jnp
+
+    from tofu_jax import planner
+    from tofu_jax.models.vit import ViT
+    from tofu_jax.schedule import Schedule
+    from tofu_jax.viz import plot_schedule, plot_token_groups, token_groups
+
+    planner.check_budget(args.budget)
+    config, params = _load_model(args)
+    if args.image:
+        import matplotlib.image
+
+        try:
+            raw = np.asarray(matplotlib.image.imread(args.image), np.float32)
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"cannot read image {args.image}: {e}") from None
+        raw = raw[..., :3] if raw.ndim == 3 else raw[..., None]
+        if raw.max() > 1.0:
+            raw = raw / 255.0
+        if raw.shape[-1] != config.channels:
+            raw = raw.mean(-1, keepdims=True) if config.channels == 1 else np.repeat(raw[..., :1], 3, -1)
+        if raw.shape[:2] != (config.image_size, config.image_size):
+            raise ValueError(
+                f"image {args.image} is {raw.shape[1]}x{raw.shape[0]}, the model expects "
+                f"{config.image_size}x{config.image_size}"
+            )
+        image = raw * 2.0 - 1.0
+    else:
+        images, _ = _load_split(args, config, "test", None)
+        if not 0 <= args.index < len(images):
+            raise ValueError(f"--index {args.index} out of range 0..{len(images) - 1}")
+        image = images[args.index]
+    if args.schedule:
+        sched = Schedule.from_json(args.schedule)
+        sched.validate(config.depth, config.num_tokens, config.num_prefix)
+    else:
+        sched = _make_plan(args, config, params, _profile(args, config, params)).schedule
+    logits, state = ViT(config).apply(
+        {"params": params}, jnp.asarray(image[None]), sched, track_sources=True, mutable=["intermediates"]
+    )
+    sources = np.asarray(state["intermediates"]["sources"][0][0])
+    groups = token_groups(sources, config.num_prefix, config.grid)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    title = f"{sched.describe()} | predicted class {int(np.argmax(logits[0]))}"
+    plot_token_groups(image, groups, out, title)
+    counts = sched.token_counts(config.num_tokens, config.num_prefix)
+    plot_schedule(sched, counts, out.with_name(out.stem + "_schedule.png"))
+    print(f"wrote {out} and {out.with_name(out.stem + '_schedule.png')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tofu-jax", description="Token Fusion for ViTs in JAX/Flax")
     sub = parser.add_subparsers(dest="command")
@@ -343,6 +396,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
     ex.add_argument("--out", default="export", help="output directory")
     ex.set_defaults(func=cmd_export)
+    vis = sub.add_parser("visualize", help="draw which patches each final token absorbed")
+    _model_args(vis)
+    _data_args(vis)
+    planning(vis)
+    vis.add_argument(
+        "image", nargs="?", help="PNG/JPEG of the model's input size (else --index of the test split)"
+    )
+    vis.add_argument("--index", type=int, default=0, help="test-split image to draw when no IMAGE is given")
+    vis.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
+    vis.add_argument("--out", default="runs/visualize/tokens.png")
+    vis.set_defaults(func=cmd_visualize)
+
     ft = sub.add_parser("finetune", help="train with a schedule active, then evaluate")
     _model_args(ft)
     _data_args(ft)

@@ -67,3 +67,68 @@ def plot_profile(profile, path: str | Path, threshold: float | None = None) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def token_groups(sources: np.ndarray, num_prefix: int, grid: int) -> np.ndarray:
+    """``sources [N_final, N0]`` 0/1 -> ``[grid, grid]`` id of the final token covering each patch.
+
+    Patches no final token covers (pruned) get -1.
+    """
+    patches = np.asarray(sources)[:, num_prefix:]
+    covered = patches.max(axis=0) > 0
+    owner = np.where(covered, patches.argmax(axis=0), -1)
+    return owner.reshape(grid, grid)
+
+
+def plot_token_groups(image: np.ndarray, groups: np.ndarray, path: str | Path, title: str = "") -> None:
+    """Image beside its patch groups: one colour per final token, pruned patches hatched black."""
+    rng = np.random.default_rng(0)
+    n_groups = int(groups.max()) + 1
+    palette = rng.uniform(0.15, 1.0, (max(n_groups, 1), 3))
+    grid = groups.shape[0]
+    colours = np.where(groups[..., None] >= 0, palette[np.maximum(groups, 0)], 0.0)
+    img = np.asarray(image, np.float32)
+    img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
+    axes[0].set_title("input")
+    axes[1].imshow(colours, interpolation="nearest")
+    axes[1].set_title(f"{n_groups} final tokens")
+    side = img.shape[0]
+    up = np.kron(colours, np.ones((side // grid, side // grid, 1)))
+    gray = img if img.ndim == 2 else img.mean(-1)
+    axes[2].imshow(0.55 * up + 0.45 * gray[..., None], interpolation="nearest")
+    pruned = groups < 0
+    axes[2].imshow(
+        np.kron(pruned, np.ones((side // grid, side // grid))), cmap="Greys", alpha=0.35 * pruned.any()
+    )
+    axes[2].set_title(f"groups over image ({int(pruned.sum())} patches pruned)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_schedule(schedule, token_counts: list[int], path: str | Path, title: str = "") -> None:
+    """Tokens entering each block's MLP, coloured by the block's op."""
+    colours = {
+        "none": "tab:gray", "prune": "tab:red", "merge_avg": "tab:blue", "merge_mlerp": "tab:green",
+        "prune_importance": "tab:orange", "merge_importance_mlerp": "tab:olive",
+        "merge_importance_avg": "tab:cyan",
+    }  # fmt: skip
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ops = [b.op for b in schedule.blocks]
+    ax.bar(range(len(ops)), token_counts[1:], color=[colours.get(o, "k") for o in ops])
+    for op in dict.fromkeys(ops):
+        ax.bar([0], [0], color=colours.get(op, "k"), label=op)
+    ax.axhline(token_counts[0], color="k", lw=0.8, ls=":")
+    ax.set(xlabel="block", ylabel="tokens after reduction", title=title or schedule.describe())
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
