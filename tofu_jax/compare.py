@@ -61,19 +61,32 @@ def compare(
     bench_batch: int = 64,
     bench_runs: int = 5,
     progress: Callable[[str, int], None] | None = None,
+    apply: Callable | None = None,
+    accuracy_cache: dict | None = None,
 ) -> list[dict]:
-    """One row per schedule; the first schedule is the reference for speedups."""
-    apply = make_apply(ViT(config))
+    """One row per schedule; the first schedule is the reference for speedups.
+
+    ``apply`` (from :func:`make_apply`) and ``accuracy_cache`` (schedule -> accuracy dict) let
+    repeated calls on the same model and images skip recompiling and re-evaluating a schedule.
+    """
+    apply = apply if apply is not None else make_apply(ViT(config))
     base_flops = model_flops(config).total
     rows = []
     for name, s in schedules.items():
-        acc = accuracy(
-            apply,
-            params,
-            batches(images, labels, batch_size),
-            s,
-            progress=(lambda n, name=name: progress(name, n)) if progress else None,
-        )
+        if accuracy_cache is not None and s in accuracy_cache:
+            acc = accuracy_cache[s]
+            if progress:
+                progress(name, acc["n"])
+        else:
+            acc = accuracy(
+                apply,
+                params,
+                batches(images, labels, batch_size),
+                s,
+                progress=(lambda n, name=name: progress(name, n)) if progress else None,
+            )
+            if accuracy_cache is not None:
+                accuracy_cache[s] = acc
         rep = model_flops(config, s)
         rows.append(
             {
