@@ -1,0 +1,305 @@
+"""ToFu for any Flax transformer block: a token reducer with an undo, and attention that feeds it.
+
+Three pieces, independent of the ViT in :mod:`tofu_jax.models.vit`:
+
+* :class:`TokenReducer`: a frozen (hashable, jit-static) description of one block's reduction, ``op``
+  in ``none | prune | merge_avg | merge_mlerp`` removing ``r`` tokens by bipartite soft matching on a
+  metric. ``reducer(x, size, metric)`` returns ``(x, size, state)`` with ``N - r`` tokens;
+  ``state.restore(y)`` *unmerges* a ``[B, N - r, C]`` result back to all ``N`` positions.
+* :class:`ToFuAttention` (Linen) and :class:`ToFuAttentionNNX` (``flax.nnx``): multi-head
+  self-attention with proportional attention (an additive ``log(size)`` bias on the logits of each
+  key, so ``jax.nn.dot_product_attention`` can run it) that also returns the matching metric, the
+  keys averaged over heads.
+* :func:`restore_all`: undo a chain of reductions (one state per block) in reverse order.
+
+Two ways to use them inside a block (``x`` = block input, ``N`` tokens):
+
+1. ToMe / ToFu for encoders (tokens stay reduced for later blocks)::
+
+       y, metric = attn(norm1(x), size)
+       x = x + y
+       x, size, state = TokenReducer("merge_mlerp", r=8, protected=1)(x, size, metric)
+       x = x + mlp(norm2(x))          # N - r tokens from here on; keep `state` if you need dense output
+
+2. ToMe-for-Stable-Diffusion style (dense outputs, every block keeps ``N`` tokens)::
+
+       y, metric = attn(norm1(x))
+       x = x + y
+       h, _, state = TokenReducer("merge_avg", r=64)(norm2(x), None, metric)
+       x = x + state.restore(mlp(h))  # the MLP ran on N - r tokens, the residual on all N
+
+With ``restore`` (unmerge), every token removed by a merge receives the output of the merged token
+it went into. For ``op="prune"`` the same copy happens: a pruned token takes the output of the kept
+token it was matched to (its most similar one), so **with unmerge, "prune" degenerates to "copy from
+the nearest kept token"** -- which is what ToFu's prune means in generation. The two differ only in
+what the kept token's value is (its own for prune, the size-weighted average / MLERP of its group for
+merges). Unmatched tokens come back unchanged (bit-exact) when the function in between is the
+identity.
+
+Everything here is shape-static: ``r`` is a Python int, so each reducer compiles to one XLA program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+
+from tofu_jax import merging
+from tofu_jax.matching import Matching, bipartite_soft_matching, check_r, max_reduction
+
+REDUCER_OPS = ("none", "prune", "merge_avg", "merge_mlerp")
+
+
+@struct.dataclass
+class ReductionState:
+    """What :class:`TokenReducer` removed, enough to unmerge a result back to all tokens.
+
+    A pytree (it can cross ``jax.jit`` boundaries); the token count and prefix count are static.
+
+    Attributes:
+      unm_idx, src_idx, dst_idx: the bipartite matching's index arrays (see
+        :class:`~tofu_jax.matching.Matching`), or None when nothing was removed.
+      num_tokens: ``N`` before the reduction.
+      protected: leading tokens that never moved.
+    """
+
+    unm_idx: jax.Array | None
+    src_idx: jax.Array | None
+    dst_idx: jax.Array | None
+    num_tokens: int = struct.field(pytree_node=False)
+    protected: int = struct.field(pytree_node=False, default=0)
+
+    @property
+    def r(self) -> int:
+        return 0 if self.src_idx is None else self.src_idx.shape[-1]
+
+    @property
+    def matching(self) -> Matching | None:
+        if self.src_idx is None:
+            return None
+        return Matching(self.unm_idx, self.src_idx, self.dst_idx, self.protected)
+
+    def restore(self, y: jax.Array) -> jax.Array:
+        """Unmerge ``y [B, N - r, ...]`` (computed on the reduced tokens) to ``[B, N, ...]``.
+
+        Kept tokens get their own row of ``y``; each removed token copies the row of the token it was
+        matched to (merged into, or -- for prune -- its nearest kept token). Identity when ``r == 0``.
+        """
+        if self.src_idx is None:
+            if y.shape[1] != self.num_tokens:
+                raise ValueError(f"y has {y.shape[1]} tokens; nothing was reduced from {self.num_tokens}")
+            return y
+        return merging.unmerge(y, self.matching, self.num_tokens)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenReducer:
+    """One block's token reduction by bipartite soft matching (SPEC §2-§3).
+
+    Frozen and hashable, so it can be a Linen module field or a ``jax.jit`` static argument.
+
+    Attributes:
+      op: ``"none"``, ``"prune"`` (drop the matched tokens), ``"merge_avg"`` (ToMe size-weighted
+        average) or ``"merge_mlerp"`` (ToFu: average direction, max norm).
+      r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
+      protected: leading tokens that never move (0: none, 1: a CLS token, 2: CLS + distillation).
+      mlerp_norm: ``"max"`` or ``"weighted_mean"`` (norm rule of ``merge_mlerp``).
+
+    Call as ``x, size, state = reducer(x, size, metric)``: ``x [B, N, C]``, ``size [B, N, 1]`` or None
+    (all ones), ``metric [B, N, C']`` (keys averaged over heads, or ``x`` itself). Returns ``N - r``
+    tokens and a :class:`ReductionState` whose ``restore(y)`` unmerges a result back to ``N`` tokens;
+    for ``op="prune"`` that restore copies each pruned token from its nearest kept token.
+    """
+
+    op: str = "merge_mlerp"
+    r: int = 0
+    protected: int = 0
+    mlerp_norm: str = "max"
+
+    def __post_init__(self):
+        if self.op not in REDUCER_OPS:
+            raise ValueError(f"unknown op {self.op!r}; TokenReducer supports {', '.join(REDUCER_OPS)}")
+        if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
+            raise ValueError(f"r must be a non-negative int, got {self.r!r}")
+        if self.op == "none" and self.r:
+            raise ValueError(f"op 'none' needs r=0, got r={self.r}")
+        if self.protected not in (0, 1, 2):
+            raise ValueError(f"protected must be 0, 1 or 2, got {self.protected}")
+        if self.mlerp_norm not in ("max", "weighted_mean"):
+            raise ValueError(f"mlerp_norm must be 'max' or 'weighted_mean', got {self.mlerp_norm!r}")
+
+    @property
+    def active(self) -> bool:
+        return self.op != "none" and self.r > 0
+
+    def tokens_after(self, num_tokens: int) -> int:
+        """Token count after this reduction (checks ``r`` against ``num_tokens``)."""
+        if self.active:
+            check_r(self.r, num_tokens, self.protected)
+        return num_tokens - (self.r if self.active else 0)
+
+    def max_r(self, num_tokens: int) -> int:
+        return max_reduction(num_tokens, self.protected)
+
+    def __call__(
+        self, x: jax.Array, size: jax.Array | None, metric: jax.Array
+    ) -> tuple[jax.Array, jax.Array, ReductionState]:
+        """Reduce ``x [B, N, C]`` -> ``(x [B, N - r, C], size [B, N - r, 1], state)``."""
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape [B, N, C], got {tuple(x.shape)}")
+        if metric.shape[:2] != x.shape[:2]:
+            raise ValueError(
+                f"metric must have shape [B, N, C'] with [B, N]={x.shape[:2]}, got {metric.shape}"
+            )
+        n = x.shape[1]
+        if size is None:
+            size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
+        if not self.active:
+            return x, size, ReductionState(None, None, None, n, self.protected)
+        m = bipartite_soft_matching(metric, self.r, protected=self.protected)
+        if self.op == "prune":
+            x, size = merging.prune(x, size, m)
+        elif self.op == "merge_avg":
+            x, size = merging.merge_avg(x, size, m)
+        else:
+            x, size = merging.merge_mlerp(x, size, m, norm=self.mlerp_norm)
+        return x, size, ReductionState(m.unm_idx, m.src_idx, m.dst_idx, n, self.protected)
+
+    reduce = __call__
+
+    def apply(
+        self,
+        fn: Callable[[jax.Array], jax.Array],
+        x: jax.Array,
+        metric: jax.Array,
+        size: jax.Array | None = None,
+    ) -> jax.Array:
+        """Merge, run ``fn`` on ``N - r`` tokens, unmerge: ``restore(fn(reduce(x)))``, ``[B, N, C']``.
+
+        The ToMe-for-Stable-Diffusion pattern: ``fn`` (an MLP, a cross-attention) sees fewer tokens
+        while the caller's residual stream keeps all of them.
+        """
+        xr, _, state = self(x, size, metric)
+        return state.restore(fn(xr))
+
+
+def restore_all(states: Sequence[ReductionState], y: jax.Array) -> jax.Array:
+    """Undo a chain of reductions (``states`` in the order they were applied) on ``y``."""
+    for state in reversed(states):
+        y = state.restore(y)
+    return y
+
+
+def keys_metric(keys: jax.Array) -> jax.Array:
+    """``keys [B, N, H, hd]`` -> ``[B, N, hd]``: keys averaged over heads (ToMe's metric)."""
+    return keys.mean(axis=2)
+
+
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, size: jax.Array | None = None, *, fused: bool = True
+) -> jax.Array:
+    """Softmax attention with proportional attention: ``softmax(q k^T / sqrt(d) + log s_j) v``.
+
+    Args:
+      q, k, v: ``[B, N, H, hd]``.  size: ``[B, N, 1]`` token sizes or None (plain attention).
+      fused: use ``jax.nn.dot_product_attention`` (the bias is additive, so fused kernels apply);
+        False: explicit einsum + softmax in float32.
+    Returns:
+      ``[B, N, H, hd]``.
+    """
+    bias = merging.size_bias(size) if size is not None else None  # [B, 1, 1, N]
+    if fused:
+        return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+    if bias is not None:
+        logits = logits + bias
+    attn = jax.nn.softmax(logits, axis=-1)
+    return jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
+
+
+class ToFuAttention(nn.Module):
+    """Linen multi-head self-attention returning ``(out [B, N, D], metric [B, N, hd])``.
+
+    ``size [B, N, 1]`` (or None) adds ``log(size)`` to the logits of each key. Parameters use Google's
+    layout and names (``query``/``key``/``value`` kernels ``(D, H, hd)``, ``out`` ``(H, hd, D)``), the
+    same as :class:`tofu_jax.models.vit.MultiHeadDotProductAttention`.
+    """
+
+    num_heads: int
+    dtype: Any = jnp.float32
+    use_bias: bool = True
+    fused: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        width = x.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+        proj = dict(
+            features=(self.num_heads, width // self.num_heads),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+        )
+        q = nn.DenseGeneral(**proj, name="query")(x)
+        k = nn.DenseGeneral(**proj, name="key")(x)
+        v = nn.DenseGeneral(**proj, name="value")(x)
+        y = attend(q, k, v, size, fused=self.fused)
+        out = nn.DenseGeneral(
+            width,
+            axis=(-2, -1),
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            kernel_init=self.kernel_init,
+            name="out",
+        )(y)
+        return out, keys_metric(k)
+
+
+class ToFuAttentionNNX(nnx.Module):
+    """The ``flax.nnx`` twin of :class:`ToFuAttention` (same parameter names and layouts).
+
+    ``ToFuAttentionNNX(width, num_heads, rngs=nnx.Rngs(0))(x, size) -> (out, metric)``.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+        use_bias: bool = True,
+        fused: bool = True,
+    ):
+        if width % num_heads:
+            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+        heads = (num_heads, width // num_heads)
+        proj = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.query = nnx.LinearGeneral(width, heads, **proj)
+        self.key = nnx.LinearGeneral(width, heads, **proj)
+        self.value = nnx.LinearGeneral(width, heads, **proj)
+        self.out = nnx.LinearGeneral(heads, width, axis=(-2, -1), **proj)
+        self.fused = fused
+
+    def __call__(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        y = attend(q, k, v, size, fused=self.fused)
+        return self.out(y), keys_metric(k)
+
+    def load_linen(self, params: dict) -> ToFuAttentionNNX:
+        """Copy parameters from a Linen :class:`ToFuAttention` (``{"query": {"kernel", "bias"}, ...}``)."""
+        for name in ("query", "key", "value", "out"):
+            layer = getattr(self, name)
+            layer.kernel[...] = jnp.asarray(params[name]["kernel"])
+            if layer.bias is not None and "bias" in params[name]:
+                layer.bias[...] = jnp.asarray(params[name]["bias"])
+        return self
