@@ -39,6 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
+from tofu_jax.train import train_step_fn
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -389,6 +390,7 @@ def make_sharded_train_step(
     """
     cache: dict = {}
     bs, rep = batch_sharding(mesh), replicated(mesh)
+    train_math = train_step_fn(model, tx, label_smoothing)
 
     def build(params, opt_state):
         ps, os_ = _shardings_of(params), _shardings_of(opt_state)
@@ -401,17 +403,7 @@ def make_sharded_train_step(
             donate_argnums=(0, 1),
         )
         def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
-            def loss_fn(p):
-                logits = model.apply({"params": p}, images, schedule, train=True, rngs={"dropout": rng})
-                onehot = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
-                loss = optax.softmax_cross_entropy(logits, onehot).mean()
-                return loss, logits
-
-            (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            acc = jnp.mean(jnp.argmax(logits, -1) == labels)
-            return params, opt_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads)}
+            return train_math(params, opt_state, images, labels, rng, schedule)
 
         return step
 

@@ -7,7 +7,6 @@ observed, it recovers accuracy) compiles one program per schedule like evaluatio
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -62,10 +61,11 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     )
 
 
-def make_train_step(model: ViT, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
-    """``step(params, opt_state, images, labels, rng, schedule) -> (params, opt_state, metrics)``."""
+def train_step_fn(model: ViT, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
+    """The un-jitted step ``(params, opt_state, images, labels, rng, schedule) -> (params, opt_state,
+    metrics)``: cross-entropy with label smoothing, one optax update. Jit it with the shardings you
+    need (:func:`make_train_step` for one device, ``parallel.make_sharded_train_step`` for a mesh)."""
 
-    @functools.partial(jax.jit, static_argnames=("schedule",), donate_argnums=(0, 1))
     def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, schedule, train=True, rngs={"dropout": rng})
@@ -80,6 +80,13 @@ def make_train_step(model: ViT, tx: optax.GradientTransformation, label_smoothin
         return params, opt_state, {"loss": loss, "accuracy": acc, "grad_norm": optax.global_norm(grads)}
 
     return step
+
+
+def make_train_step(model: ViT, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
+    """``step(params, opt_state, images, labels, rng, schedule) -> (params, opt_state, metrics)``, jitted
+    with the schedule static and params / optimizer state donated."""
+    step = train_step_fn(model, tx, label_smoothing)
+    return jax.jit(step, static_argnames=("schedule",), donate_argnums=(0, 1))
 
 
 def save_train_state(path: str | Path, params, opt_state, step: int, meta: dict[str, Any]) -> None:
