@@ -4,14 +4,14 @@ import json
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
+from tests.helpers import random_params
 from tofu_jax.checkpoints import google
 from tofu_jax.cli import main
 from tofu_jax.data.idx import write_idx
-from tofu_jax.models.vit import ViTConfig, init_params
+from tofu_jax.models.vit import ViTConfig
 
 TINY = ViTConfig(
     image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2
@@ -21,12 +21,7 @@ TINY = ViTConfig(
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    params = init_params(TINY, 0)
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    params = random_params(TINY, 0, 0.3)
     google.save_npz(root / "tiny.npz", params)
     (root / "tiny.json").write_text(json.dumps({"config": TINY.to_dict()}))
     data = root / "data"

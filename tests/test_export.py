@@ -6,15 +6,15 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import numpy as np
 import pytest
 
+from tests.helpers import random_params
 from tofu_jax import schedule as S
 from tofu_jax.checkpoints import google
 from tofu_jax.cli import main
 from tofu_jax.export import ARTIFACT, SIDECAR, load_exported, write_export
-from tofu_jax.models.vit import ViT, ViTConfig, init_params, make_apply
+from tofu_jax.models.vit import ViT, ViTConfig, make_apply
 
 TINY = ViTConfig(
     image_size=16, patch_size=4, channels=1, num_classes=4, width=16, depth=2, mlp_dim=32, num_heads=2
@@ -38,12 +38,7 @@ RUNNER = textwrap.dedent(
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
-    params = init_params(TINY, 0)
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    params = random_params(TINY, 0, 0.3)
     google.save_npz(root / "tiny.npz", params)
     (root / "tiny.json").write_text(json.dumps({"config": TINY.to_dict()}))
     SCHEDULE.to_json(root / "schedule.json")

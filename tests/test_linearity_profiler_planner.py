@@ -3,11 +3,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.helpers import random_params
 from tofu_jax import planner
 from tofu_jax import schedule as S
 from tofu_jax.flops import flops_ratio, model_flops
 from tofu_jax.linearity import linearity
-from tofu_jax.models.vit import ViTConfig, init_params
+from tofu_jax.models.vit import ViTConfig
 from tofu_jax.profiler import Profile, profile_model
 
 TINY = ViTConfig(
@@ -31,12 +32,7 @@ def test_linearity_of_linear_and_nonlinear_functions():
 
 def _scaled_params(scales):
     """Random tiny model whose block i has its MLP's first layer scaled by scales[i]."""
-    params = init_params(TINY, 0)
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(3), len(leaves))
-    params = jax.tree_util.tree_unflatten(
-        tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    params = random_params(TINY, 0, 0.5, noise_seed=3)
     for i, s in enumerate(scales):
         mlp = params["Transformer"][f"encoderblock_{i}"]["MlpBlock_3"]
         mlp["Dense_0"]["kernel"] = mlp["Dense_0"]["kernel"] * s

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tests import reference
+from tests.helpers import random_params
 from tofu_jax import schedule as S
 from tofu_jax.checkpoints.common import flatten
 from tofu_jax.models.vit import PRESETS, ViT, ViTConfig, init_params, make_apply, preset
@@ -20,12 +21,7 @@ def _images(cfg, b=2, seed=0):
 
 
 def _random_params(cfg, seed=0):
-    params = init_params(cfg, seed)
-    leaves, tree = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
-    return jax.tree_util.tree_unflatten(
-        tree, [x + 0.2 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
-    )
+    return random_params(cfg, seed, 0.2)
 
 
 def test_google_parameter_names():
