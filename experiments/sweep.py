@@ -53,6 +53,7 @@ def main(argv=None):
     p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
     p.add_argument("--search-images", type=int, default=512)
     p.add_argument("--skip-ablations", action="store_true")
+    p.add_argument("--ablations", nargs="+", help="ablation groups to run (default: all)")
     args = p.parse_args(argv)
     stem = args.out or str(RESULTS / "sweep")
     t0 = time.time()
@@ -130,12 +131,18 @@ def run_ablations(args, config, params, test_x, test_y, apply, cache):
             "keys": planner.allocate(config, ["merge_mlerp"] * depth, b, metric="keys"),
             "tokens": planner.allocate(config, ["merge_mlerp"] * depth, b, metric="tokens"),
         },
+        "selection": {
+            f"{kind}_{op}": planner.allocate(config, planner.with_selection([op] * depth, kind), b)
+            for op in ("prune", "merge_mlerp", "merge_avg")
+            for kind in ("redundancy", "importance")
+        },
         "split_point": {
             f"split@{k}": planner.allocate(config, ["prune"] * k + ["merge_mlerp"] * (depth - k), b)
             for k in range(0, depth + 1, 2)
         },
     }
     rows = []
+    groups = {k: v for k, v in groups.items() if not args.ablations or k in args.ablations}
     for group, schedules in groups.items():
         res = compare(
             config, params, {"baseline": None, **schedules}, test_x, test_y,

@@ -93,3 +93,17 @@ def test_impossible_budgets_are_reported():
         planner.allocate(BUNDLED_SHAPE, ["merge_mlerp"] * 12, 1.5)
     with pytest.raises(planner.BudgetError, match="exactly one"):
         planner.allocate(BUNDLED_SHAPE, ["merge_mlerp"] * 12)
+
+
+def test_importance_selection_maps_ops_and_meets_budget(profile):
+    p = planner.plan(profile, TINY, 0.3, mode="per_block", selection="importance")
+    ops = {b.op for b in p.schedule.blocks} - {"none"}
+    assert ops <= {"prune_importance", "merge_importance_mlerp"} and ops
+    assert flops_ratio(TINY, p.schedule) <= 0.7
+    best = planner.plan(
+        profile, TINY, 0.3, mode="search", score=lambda s: float("importance" in s.describe())
+    )
+    assert best.info["chosen"].endswith("+importance")
+    assert len(best.info["scores"]) == len(set(best.info["scores"]))
+    with pytest.raises(ValueError, match="selection must be one of"):
+        planner.with_selection(["prune"], "random")

@@ -136,7 +136,15 @@ def _make_plan(args, config, params, profile):
     if args.planner == "search":
         held_x, held_y = _load_split(args, config, "train", args.search_images, offset=args.calib_images)
         score = _score_fn(config, params, held_x, held_y, args.batch_size)
-    return planner.plan(profile, config, args.budget, mode=args.planner, metric=args.metric, score=score)
+    return planner.plan(
+        profile,
+        config,
+        args.budget,
+        mode=args.planner,
+        metric=args.metric,
+        score=score,
+        selection=args.selection,
+    )
 
 
 def _profile(args, config, params):
@@ -356,6 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--budget", type=float, default=0.4, help="fraction of FLOPs to remove (default 0.4)")
         p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
         p.add_argument("--metric", default="L_mlp_matched", help="profile column the planner thresholds")
+        p.add_argument(
+            "--selection",
+            default="redundancy",
+            choices=["redundancy", "importance"],
+            help="which tokens go: most redundant (bipartite matching) or least important (CLS attention)",
+        )
         p.add_argument(
             "--search-images", type=int, default=512, help="held-out training images for --planner search"
         )

@@ -26,6 +26,22 @@ from tofu_jax.profiler import Profile
 from tofu_jax.schedule import IMPORTANCE_OPS, BlockReduction, Schedule
 
 MODES = ("per_block", "split", "search")
+SELECTIONS = ("redundancy", "importance")
+# Importance-guided counterpart of each redundancy-guided (bipartite matching) op.
+IMPORTANCE_VARIANT = {
+    "prune": "prune_importance",
+    "merge_mlerp": "merge_importance_mlerp",
+    "merge_avg": "merge_importance_avg",
+}
+
+
+def with_selection(ops: Sequence[str], selection: str) -> list[str]:
+    """Map ops to their importance-guided variants (``selection="importance"``) or keep them."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "redundancy":
+        return list(ops)
+    return [IMPORTANCE_VARIANT.get(op, op) for op in ops]
 
 
 class BudgetError(ValueError):
@@ -183,16 +199,21 @@ def plan(
     mode: str = "per_block",
     metric: str = "L_mlp_matched",
     score: Callable[[Schedule], float] | None = None,
+    selection: str = "redundancy",
     **options,
 ) -> Plan:
-    """Profile + budget -> :class:`Plan`. ``mode="search"`` needs ``score`` (higher is better)."""
+    """Profile + budget -> :class:`Plan`. ``mode="search"`` needs ``score`` (higher is better).
+
+    ``selection="importance"`` makes the chosen ops pick their source tokens by importance (CLS
+    attention) instead of redundancy; in search mode both selections are candidates regardless.
+    """
     if len(profile.blocks) != config.depth:
         raise ValueError(f"profile has {len(profile.blocks)} blocks, the model has depth {config.depth}")
     check_budget(budget, target_gflops)
     alloc = lambda ops: allocate(config, ops, budget, target_gflops=target_gflops, **options)
     if mode in ("per_block", "split"):
         ops, info = choose_ops(profile, mode, metric=metric)
-        return Plan(alloc(ops), mode, info)
+        return Plan(alloc(with_selection(ops, selection)), mode, info | {"selection": selection})
     if mode != "search":
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if score is None:
@@ -205,6 +226,13 @@ def plan(
         candidates.setdefault(f"split@{kk}", ["prune"] * kk + ["merge_mlerp"] * (config.depth - kk))
     candidates.setdefault("merge_mlerp_all", ["merge_mlerp"] * config.depth)
     candidates.setdefault("prune_all", ["prune"] * config.depth)
+    candidates["per_block+importance"] = with_selection(per_ops, "importance")
+    candidates[f"split@{k}+importance"] = with_selection(split_ops, "importance")
+    unique: dict[str, list[str]] = {}
+    for name, ops in candidates.items():  # identical op lists (e.g. split@0 = all MLERP) score once
+        if ops not in unique.values():
+            unique[name] = ops
+    candidates = unique
     scores = {}
     best = None
     failures = []
