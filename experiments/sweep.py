@@ -138,7 +138,7 @@ def run_ablations(args, config, params, test_x, test_y, apply, cache):
         },
         "split_point": {
             f"split@{k}": planner.allocate(config, ["prune"] * k + ["merge_mlerp"] * (depth - k), b)
-            for k in range(0, depth + 1, 2)
+            for k in range(0, depth + 1, 3)
         },
     }
     rows = []
