@@ -147,6 +147,17 @@ def _make_plan(args, config, params, profile):
     )
 
 
+def _schedule_from_args(args, config, params):
+    """``--schedule FILE`` (validated against the model) or a fresh plan for ``--budget``."""
+    from tofu_jax.schedule import Schedule
+
+    if args.schedule:
+        sched = Schedule.from_json(args.schedule)
+        sched.validate(config.depth, config.num_tokens, config.num_prefix)
+        return sched
+    return _make_plan(args, config, params, _profile(args, config, params)).schedule
+
+
 def _profile(args, config, params):
     from tofu_jax.profiler import profile_model
 
@@ -264,17 +275,12 @@ def cmd_finetune(args) -> int:
     from tofu_jax.checkpoints import google
     from tofu_jax.compare import compare, format_table
     from tofu_jax.finetune import FinetuneConfig, finetune
-    from tofu_jax.schedule import Schedule
 
     planner.check_budget(args.budget)
     config, params = _load_model(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if args.schedule:
-        sched = Schedule.from_json(args.schedule)
-        sched.validate(config.depth, config.num_tokens, config.num_prefix)
-    else:
-        sched = _make_plan(args, config, params, _profile(args, config, params)).schedule
+    sched = _schedule_from_args(args, config, params)
     sched.to_json(out_dir / "schedule.json")
     train_x, train_y = _load_split(args, config, "train", args.train_images)
     test_x, test_y = _load_split(args, config, "test", args.num_examples)
@@ -308,7 +314,6 @@ def cmd_visualize(args) -> int:
 
     from tofu_jax import planner
     from tofu_jax.models.vit import ViT
-    from tofu_jax.schedule import Schedule
     from tofu_jax.viz import plot_schedule, plot_token_groups, token_groups
 
     planner.check_budget(args.budget)
@@ -336,11 +341,7 @@ def cmd_visualize(args) -> int:
         if not 0 <= args.index < len(images):
             raise ValueError(f"--index {args.index} out of range 0..{len(images) - 1}")
         image = images[args.index]
-    if args.schedule:
-        sched = Schedule.from_json(args.schedule)
-        sched.validate(config.depth, config.num_tokens, config.num_prefix)
-    else:
-        sched = _make_plan(args, config, params, _profile(args, config, params)).schedule
+    sched = _schedule_from_args(args, config, params)
     logits, state = ViT(config).apply(
         {"params": params}, jnp.asarray(image[None]), sched, track_sources=True, mutable=["intermediates"]
     )
