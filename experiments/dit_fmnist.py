@@ -72,6 +72,7 @@ def parse_args(argv=None):
         "--class-dropout", type=float, default=0.1, help="label dropout (classifier-free guidance)"
     )
     g.add_argument("--ckpt-every", type=int, default=1000)
+    g.add_argument("--train-only", action="store_true", help="stop after training (no sampling/eval)")
     g.add_argument("--log-every", type=int, default=100)
     g = p.add_argument_group("sampling")
     g.add_argument("--num-samples", type=int, default=1000)
@@ -79,7 +80,14 @@ def parse_args(argv=None):
     g.add_argument("--sample-steps", type=int, default=50)
     g.add_argument("--eta", type=float, default=0.0, help="0: DDIM (deterministic), 1: DDPM-like")
     g.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale")
-    g.add_argument("--r", type=int, help="tokens removed per block (default: a quarter of the tokens)")
+    g.add_argument(
+        "--r", type=int, nargs="+",
+        help="tokens removed per block, one run per value and op (default: a quarter of the tokens)",
+    )  # fmt: skip
+    g.add_argument(
+        "--deviation-timesteps", type=int, nargs="+", default=[100, 400, 700, 900],
+        help="timesteps at which the one-step denoiser deviation from the unreduced model is measured",
+    )  # fmt: skip
     g.add_argument("--ops", default=",".join(OPS), help="comma-separated reduction ops")
     g.add_argument("--mlerp-norm", default="max", choices=("max", "weighted_mean"))
     g.add_argument("--no-equal-flops-steps", action="store_true", help="skip the fewer-steps baseline")
@@ -141,7 +149,7 @@ def train(args, config: D.DiTConfig, workdir: Path) -> tuple[dict, dict]:
     null, p_drop, decay = config.num_classes, args.class_dropout, args.ema
 
     @jax.jit
-    def train_step(params, ema, opt_state, x0, y, key):
+    def train_step(params, ema, opt_state, x0, y, key, step):
         k_drop, k_loss = jax.random.split(key)
         y = jnp.where(jax.random.bernoulli(k_drop, p_drop, y.shape), null, y)
         loss, grads = jax.value_and_grad(lambda p: D.diffusion_loss(model, p, diffusion, x0, y, k_loss))(
@@ -149,7 +157,9 @@ def train(args, config: D.DiTConfig, workdir: Path) -> tuple[dict, dict]:
         )
         updates, opt_state = tx.update(grads, opt_state, params)
         params = jax.tree.map(lambda p, u: p + u, params, updates)
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        # EMA warm-up: early averages must not be dominated by the random initialisation.
+        d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
         return params, ema, opt_state, loss
 
     def checkpoint():
@@ -161,7 +171,9 @@ def train(args, config: D.DiTConfig, workdir: Path) -> tuple[dict, dict]:
         rng = np.random.default_rng([args.seed, step])  # batch depends on the step only: resumable
         sel = rng.integers(0, len(images), args.batch_size)
         key = jax.random.fold_in(jax.random.PRNGKey(args.seed), step)
-        params, ema, opt_state, loss = train_step(params, ema, opt_state, images[sel], labels[sel], key)
+        params, ema, opt_state, loss = train_step(
+            params, ema, opt_state, images[sel], labels[sel], key, jnp.float32(step)
+        )
         step += 1
         losses.append(loss)
         if step % args.log_every == 0 or step == args.train_steps:
@@ -189,37 +201,48 @@ def load_ema(path: Path, config: D.DiTConfig) -> dict:
 
 # --- sampling ------------------------------------------------------------------------------------
 def methods(args, config: D.DiTConfig) -> list[dict]:
+    """``none`` first; then every reduced op at every ``r``; then, per distinct FLOPs ratio, the
+    unreduced model with proportionally fewer sampling steps (the same FLOPs spent differently)."""
     n = config.num_tokens
-    r = args.r if args.r is not None else n // 4
+    rs = args.r if args.r else [n // 4]
     base_flops = D.dit_flops(config)
+    ops = [op.strip() for op in args.ops.split(",")]
     out = []
-    for op in args.ops.split(","):
-        op = op.strip()
-        sched = (
-            S.none(config.depth)
-            if op == "none"
-            else S.constant(config.depth, r, op, mlerp_norm=args.mlerp_norm)
-        )
-        D.validate_schedule(sched, config)
-        ratio = D.dit_flops(config, sched) / base_flops
-        name = op if op == "none" else f"{op} r={r}"
-        out.append(
-            dict(name=name, op=op, r=0 if op == "none" else r, steps=args.sample_steps, schedule=sched)
-        )
-        out[-1]["flops_ratio"] = ratio
-    reduced = [m["flops_ratio"] for m in out if m["op"] != "none"]
-    steps = max(1, round(args.sample_steps * reduced[0])) if reduced else args.sample_steps
-    if steps < args.sample_steps and not args.no_equal_flops_steps:
-        out.append(
-            dict(
-                name=f"none, {steps} steps",
-                op="none",
-                r=0,
-                steps=steps,
-                schedule=S.none(config.depth),
-                flops_ratio=steps / args.sample_steps,
-            )
-        )
+    if "none" in ops:
+        out.append(dict(name="none", op="none", r=0, steps=args.sample_steps, schedule=S.none(config.depth)))
+    for r in rs:
+        for op in ops:
+            if op == "none":
+                continue
+            sched = S.constant(config.depth, r, op, mlerp_norm=args.mlerp_norm)
+            out.append(dict(name=f"{op} r={r}", op=op, r=r, steps=args.sample_steps, schedule=sched))
+    for m in out:
+        D.validate_schedule(m["schedule"], config)
+        m["flops_ratio"] = D.dit_flops(config, m["schedule"]) / base_flops
+    if not args.no_equal_flops_steps:
+        for ratio in sorted({m["flops_ratio"] for m in out if m["op"] != "none"}, reverse=True):
+            steps = max(1, round(args.sample_steps * ratio))
+            if steps < args.sample_steps:
+                out.append(
+                    dict(name=f"none, {steps} steps", op="none", r=0, steps=steps,
+                         schedule=S.none(config.depth), flops_ratio=steps / args.sample_steps)
+                )  # fmt: skip
+    return out
+
+
+def denoiser_deviation(args, config, params, method, x0, y) -> dict[str, float]:
+    """Relative L2 deviation ``||eps_reduced - eps_none|| / ||eps_none||`` of one denoiser call on the
+    same noisy test images, per timestep: the per-step error that sampling then accumulates."""
+    model, diffusion = D.DiT(config), D.Diffusion()
+    fn = jax.jit(lambda x, t, s: model.apply({"params": params}, x, t, y, s), static_argnums=2)
+    out = {}
+    for t in args.deviation_timesteps:
+        tt = jnp.full((len(x0),), t, jnp.int32)
+        noise = jax.random.normal(jax.random.PRNGKey(args.seed + 3 + t), x0.shape)
+        xt = diffusion.q_sample(jnp.asarray(x0), tt, noise)
+        ref = fn(xt, tt, S.none(config.depth))
+        got = fn(xt, tt, method["schedule"])
+        out[str(t)] = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
     return out
 
 
@@ -331,6 +354,8 @@ def plot(path: Path, results: list[dict], samples: dict[str, np.ndarray], per_ro
         bits = [res["name"], f"FLOPs x{res['flops_ratio']:.2f}"]
         if res.get("psnr_db") is not None and np.isfinite(res["psnr_db"]):
             bits.append(f"PSNR {res['psnr_db']:.1f} dB")
+        if res.get("eps_deviation"):
+            bits.append(f"eps dev {np.mean(list(res['eps_deviation'].values())):.2f}")
         if res.get("frechet") is not None:
             bits.append(f"FD {res['frechet']:.2f}")
         bits.append(f"{res['images_per_s']:.0f} img/s")
@@ -350,16 +375,23 @@ def main(argv=None) -> dict:
     print(f"[setup] DiT {config.to_dict()}; {config.num_tokens} tokens; devices {jax.devices()}", flush=True)
 
     params, train_summary = train(args, config, workdir)
+    if args.train_only:
+        print(f"[train] done at step {train_summary['steps']} (--train-only)")
+        return {"train": train_summary}
 
     n = args.num_samples
     labels = (np.arange(n) % config.num_classes).astype(np.int32)
     noise = np.asarray(jax.random.normal(jax.random.PRNGKey(args.seed + 1), (n, 28, 28, 1)), np.float32)
     samples, results = {}, []
+    dev_x, dev_y = load_images("test", args.data_dir)
+    dev_x, dev_y = dev_x[:256], jnp.asarray(dev_y[:256])
     for m in methods(args, config):
         got = generate(args, config, params, m, noise, labels, workdir, train_summary["steps"])
         samples[m["name"]] = got["images"]
         res = {k: m[k] for k in ("name", "op", "r", "steps", "flops_ratio")}
         res.update(images_per_s=got["images_per_s"], compile_s=got["compile_s"])
+        if m["op"] != "none":
+            res["eps_deviation"] = denoiser_deviation(args, config, params, m, dev_x, dev_y)
         results.append(res)
 
     ref = samples[results[0]["name"]] if results[0]["op"] == "none" else None
@@ -388,13 +420,15 @@ def main(argv=None) -> dict:
             res["class_accuracy"] = float(np.mean(np.argmax(logits, -1) == labels))
 
     print(
-        f"\n{'method':24s} {'FLOPs':>6s} {'PSNR dB':>8s} {'FD':>8s} {'acc':>6s} {'img/s':>8s} {'speedup':>7s}"
+        f"\n{'method':24s} {'FLOPs':>6s} {'eps dev':>8s} {'PSNR dB':>8s} {'FD':>8s} {'acc':>6s} "
+        f"{'img/s':>8s} {'speedup':>7s}"
     )
     for res in results:
         psnr = res.get("psnr_db", float("nan"))
         fd, acc = res.get("frechet", float("nan")), res.get("class_accuracy", float("nan"))
+        dev = np.mean(list(res["eps_deviation"].values())) if "eps_deviation" in res else 0.0
         print(
-            f"{res['name']:24s} {res['flops_ratio']:6.3f} {psnr:8.2f} {fd:8.3f} {acc:6.3f} "
+            f"{res['name']:24s} {res['flops_ratio']:6.3f} {dev:8.3f} {psnr:8.2f} {fd:8.3f} {acc:6.3f} "
             f"{res['images_per_s']:8.1f} {res['speedup']:7.2f}"
         )
 

@@ -59,7 +59,7 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     rng = np.random.default_rng(args.seed + 1000 * (name == "high"))
     key = jax.random.PRNGKey(args.seed)
     steps_per_epoch = len(images) // args.batch_size
-    pad = 1 if config.image_size == 14 else 2
+    pad = args.crop_pad if args.crop_pad >= 0 else (1 if config.image_size == 14 else 2)
     t0 = time.time()
     while step < optim.total_steps:
         epoch = step // steps_per_epoch
@@ -90,6 +90,12 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     return params
 
 
+def augmentation_text(crop_pad: int) -> str:
+    if crop_pad < 0:
+        return "random crop (pad 1 px at 14x14, 2 px at 28x28) + horizontal flip"
+    return f"random crop (pad {crop_pad} px) + horizontal flip" if crop_pad else "horizontal flip"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", default="/tmp/tofu_jax_train_default")
@@ -100,6 +106,10 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--high-lr", type=float, default=2e-4)
     p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument(
+        "--crop-pad", type=int, default=-1,
+        help="random-crop padding in pixels (0: flip only; -1: 1 px at 14x14, 2 px at 28x28)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ASSETS / "fmnist_vit.npz"))
     args = p.parse_args(argv)
@@ -145,7 +155,8 @@ def main(argv=None):
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
             "high_res_steps": args.high_steps, "batch_size": args.batch_size,
-            "optimizer": "adamw + warmup cosine, label smoothing 0.1, random crop + flip",
+            "optimizer": "adamw + warmup cosine, label smoothing 0.1",
+            "augmentation": augmentation_text(args.crop_pad),
             "wall_clock_s": round(time.time() - t_start),
         },
         "test_top1": res["top1"],
