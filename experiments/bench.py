@@ -6,6 +6,7 @@ run. The same script runs on CPU, GPU and TPU without change:
 
     python experiments/bench.py                                   # bundled model, CPU
     python experiments/bench.py --model B/16 --random --dtype bfloat16 --batches 256   # ViT-B/16 speed
+    python experiments/bench.py --batches 64 --runs 7 --variants --out experiments/results/bench_variants
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ def main(argv=None):
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", help="output stem (default experiments/results/bench_<platform>)")
+    p.add_argument(
+        "--variants", action="store_true",
+        help="also time all-MLERP and ToMe without proportional attention (cost of the size bias)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     if args.random:
         from tofu_jax.models.loading import resolve_config
@@ -57,6 +62,10 @@ def main(argv=None):
         "tofu": planner.allocate(config, ["prune"] * half + ["merge_mlerp"] * (depth - half), args.budget),
         "tome": planner.allocate(config, ["merge_avg"] * depth, args.budget, prop_attn=True),
     }
+    if args.variants:
+        b = args.budget
+        schedules["mlerp"] = planner.allocate(config, ["merge_mlerp"] * depth, b, prop_attn=True)
+        schedules["tome_no_prop"] = planner.allocate(config, ["merge_avg"] * depth, b, prop_attn=False)
     apply = make_apply(ViT(config))
     base_flops = model_flops(config).total
     rows = []
@@ -81,7 +90,7 @@ def main(argv=None):
             })  # fmt: skip
             r = rows[-1]
             print(
-                f"batch {batch:4d} {name:9s} {r['images_per_s']:9.1f} img/s  speedup {speedup:5.2f}x "
+                f"batch {batch:4d} {name:12s} {r['images_per_s']:9.1f} img/s  speedup {speedup:5.2f}x "
                 f"(ideal {1 / ratio:4.2f}x, {speedup * ratio:4.0%} of ideal)  compile {r['compile_s']:5.1f}s",
                 flush=True,
             )

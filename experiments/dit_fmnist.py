@@ -11,7 +11,8 @@ Reported per method (written to ``<out>.json`` and ``<out>.png``):
   (b) a Frechet distance (FID-style) between generated and real test images, on the ``pre_logits``
       features of the bundled Fashion-MNIST ViT classifier (skipped with a message when it is
       missing), plus that classifier's accuracy on the generated images' conditioning labels,
-  (c) sampling speed (images/s, median of ``--bench-runs`` timed runs after compilation).
+  (c) sampling speed (images/s at ``--bench-batch``; all methods compiled and warmed up, then timed
+      interleaved, median of ``--bench-runs`` rounds, so the ratios come from one run).
 
 Resumable: training checkpoints to ``<workdir>/state.npz`` every ``--ckpt-every`` steps and resumes
 from it; the EMA weights go to ``<workdir>/dit_ema.npz`` (Google-style flat npz); generated samples
@@ -91,7 +92,8 @@ def parse_args(argv=None):
     g.add_argument("--ops", default=",".join(OPS), help="comma-separated reduction ops")
     g.add_argument("--mlerp-norm", default="max", choices=("max", "weighted_mean"))
     g.add_argument("--no-equal-flops-steps", action="store_true", help="skip the fewer-steps baseline")
-    g.add_argument("--bench-runs", type=int, default=3)
+    g.add_argument("--bench-runs", type=int, default=5)
+    g.add_argument("--bench-batch", type=int, default=64, help="batch of the interleaved speed runs")
     g = p.add_argument_group("evaluation")
     g.add_argument("--classifier-checkpoint", help="feature ViT .npz (default: bundled fmnist_vit.npz)")
     g.add_argument("--classifier-model", help="its config / card JSON (default: bundled card)")
@@ -246,8 +248,16 @@ def denoiser_deviation(args, config, params, method, x0, y) -> dict[str, float]:
     return out
 
 
-def generate(args, config, params, method, noise, labels, workdir: Path, train_steps: int) -> dict:
-    """Samples and timing of one method, cached in ``<workdir>/samples``."""
+def make_run(args, config, params, method):
+    sampler = D.make_sampler(
+        D.DiT(config), D.Diffusion(), method["steps"], eta=args.eta, cfg_scale=args.cfg_scale
+    )
+    key = jax.random.PRNGKey(args.seed + 2) if args.eta > 0 else None
+    return (lambda x, y, k: sampler(params, x, y, k, schedule=method["schedule"])), key
+
+
+def generate(args, config, params, method, noise, labels, workdir: Path, train_steps: int) -> np.ndarray:
+    """``[num_samples, 28, 28, 1]`` samples of one method, cached in ``<workdir>/samples``."""
     key_text = json.dumps(
         [train_steps, method["name"], method["schedule"].to_dict(), method["steps"], args.eta, args.cfg_scale,
          args.num_samples, args.seed, config.to_dict(), args.sample_batch],
@@ -257,26 +267,10 @@ def generate(args, config, params, method, noise, labels, workdir: Path, train_s
     if cache.exists():
         with np.load(cache, allow_pickle=False) as f:
             print(f"[sample] {method['name']}: cached", flush=True)
-            return {
-                "images": f["images"],
-                "images_per_s": float(f["images_per_s"]),
-                "compile_s": float(f["compile_s"]),
-            }
-    sampler = D.make_sampler(
-        D.DiT(config), D.Diffusion(), method["steps"], eta=args.eta, cfg_scale=args.cfg_scale
-    )
-    key = jax.random.PRNGKey(args.seed + 2) if args.eta > 0 else None
-    run = lambda x, y, k: sampler(params, x, y, k, schedule=method["schedule"])
+            return f["images"]
+    run, key = make_run(args, config, params, method)
     bs = min(args.sample_batch, len(noise))
     t0 = time.time()
-    jax.block_until_ready(run(noise[:bs], labels[:bs], key))
-    compile_s = time.time() - t0
-    times = []
-    for _ in range(max(args.bench_runs, 1)):
-        t0 = time.time()
-        jax.block_until_ready(run(noise[:bs], labels[:bs], key))
-        times.append(time.time() - t0)
-    images_per_s = bs / float(np.median(times))
     chunks = []
     for i in range(0, len(noise), bs):
         k = None if key is None else jax.random.fold_in(key, i)
@@ -289,9 +283,34 @@ def generate(args, config, params, method, noise, labels, workdir: Path, train_s
             chunks.append(np.asarray(run(x, y, k)))
     images = np.concatenate(chunks)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, images=images, images_per_s=images_per_s, compile_s=compile_s)
-    print(f"[sample] {method['name']}: {images_per_s:.1f} images/s (compile {compile_s:.1f}s)", flush=True)
-    return {"images": images, "images_per_s": images_per_s, "compile_s": compile_s}
+    np.savez(cache, images=images)
+    print(f"[sample] {method['name']}: {len(images)} images in {time.time() - t0:.0f}s", flush=True)
+    return images
+
+
+def time_methods(args, config, params, methods_, noise, labels) -> dict[str, dict]:
+    """Sampling speed of every method, measured together: compile and warm up each, then
+    ``--bench-runs`` rounds that time every method once (interleaved), median per method."""
+    bs = min(args.bench_batch, len(noise))
+    x, y = noise[:bs], labels[:bs]
+    runs, out = {}, {}
+    for m in methods_:
+        run, key = make_run(args, config, params, m)
+        t0 = time.time()
+        jax.block_until_ready(run(x, y, key))
+        out[m["name"]] = {"compile_s": time.time() - t0}
+        jax.block_until_ready(run(x, y, key))  # warm-up
+        runs[m["name"]] = (run, key)
+    times = {name: [] for name in runs}
+    for _ in range(max(args.bench_runs, 1)):
+        for name, (run, key) in runs.items():
+            t0 = time.time()
+            jax.block_until_ready(run(x, y, key))
+            times[name].append(time.time() - t0)
+    for name, ts in times.items():
+        out[name]["images_per_s"] = bs / float(np.median(ts))
+        print(f"[speed] {name}: {out[name]['images_per_s']:.1f} images/s", flush=True)
+    return out
 
 
 # --- evaluation ------------------------------------------------------------------------------------
@@ -385,11 +404,13 @@ def main(argv=None) -> dict:
     samples, results = {}, []
     dev_x, dev_y = load_images("test", args.data_dir)
     dev_x, dev_y = dev_x[:256], jnp.asarray(dev_y[:256])
-    for m in methods(args, config):
-        got = generate(args, config, params, m, noise, labels, workdir, train_summary["steps"])
-        samples[m["name"]] = got["images"]
+    all_methods = methods(args, config)
+    for m in all_methods:
+        samples[m["name"]] = generate(args, config, params, m, noise, labels, workdir, train_summary["steps"])
+    speed = time_methods(args, config, params, all_methods, noise, labels)
+    for m in all_methods:
         res = {k: m[k] for k in ("name", "op", "r", "steps", "flops_ratio")}
-        res.update(images_per_s=got["images_per_s"], compile_s=got["compile_s"])
+        res.update(speed[m["name"]])
         if m["op"] != "none":
             res["eps_deviation"] = denoiser_deviation(args, config, params, m, dev_x, dev_y)
         results.append(res)
@@ -439,6 +460,7 @@ def main(argv=None) -> dict:
         "train": {"steps": train_summary["steps"], "batch_size": args.batch_size, "lr": args.lr,
                   "final_loss": train_summary["log"][-1]["loss"] if train_summary["log"] else None},
         "sampling": {"num_samples": n, "steps": args.sample_steps, "eta": args.eta,
+                     "bench_batch": args.bench_batch, "bench_runs": args.bench_runs,
                      "cfg_scale": args.cfg_scale, "sample_batch": args.sample_batch,
                      "mlerp_norm": args.mlerp_norm},
         "frechet_note": fid_note or "skipped: no feature classifier",

@@ -28,7 +28,7 @@ def test_dit_experiment_trains_resumes_samples_and_scores(assets, tmp_path, caps
         "--patch-size", "7", "--width", "16", "--depth", "2", "--heads", "2",
         "--train-steps", "4", "--batch-size", "8", "--ckpt-every", "2", "--log-every", "2",
         "--lr", "1e-2", "--num-samples", "12", "--sample-batch", "6", "--sample-steps", "10",
-        "--bench-runs", "1", "--ops", "none,merge_mlerp,prune", "--r", "4",
+        "--bench-runs", "1", "--bench-batch", "4", "--ops", "none,merge_mlerp,prune", "--r", "4",
         "--deviation-timesteps", "10", "900", "--real-images", "20",
         "--classifier-checkpoint", str(assets / "tiny.npz"), "--classifier-model", str(assets / "tiny.json"),
     ]  # fmt: skip
