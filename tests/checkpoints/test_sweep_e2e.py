@@ -21,7 +21,7 @@ from .test_parity import _hf_vit, _randomize, _save_safetensors, _timm_model
 tfds = pytest.importorskip("tensorflow_datasets")
 
 
-def _run_sweep(tmp_path, checkpoint, config: ViTConfig, fmt: str):
+def _run_sweep(tmp_path, checkpoint, config: ViTConfig, fmt: str, ablations=("--skip-ablations",)):
     from experiments import sweep
 
     card = tmp_path / "card.json"
@@ -31,7 +31,7 @@ def _run_sweep(tmp_path, checkpoint, config: ViTConfig, fmt: str):
         "--checkpoint", str(checkpoint), "--model", str(card), "--format", fmt,
         "--dataset", "cifar10", "--num-examples", "0", "--batch-size", "8", "--calib-images", "8",
         "--search-images", "8", "--planner", "per_block", "--budgets", "0", "0.2",
-        "--skip-ablations", "--bench-batch", "4", "--bench-runs", "1", "--out", str(stem),
+        *ablations, "--bench-batch", "4", "--bench-runs", "1", "--out", str(stem),
     ]  # fmt: skip
     with tfds.testing.mock_data(num_examples=12):
         sweep.main(argv)
@@ -41,13 +41,24 @@ def _run_sweep(tmp_path, checkpoint, config: ViTConfig, fmt: str):
     assert all(r["n"] == 12 for r in res["rows"])
     assert (tmp_path / "sweep.png").stat().st_size > 1000
     assert (tmp_path / "sweep.csv").read_text().count("\n") == len(res["rows"]) + 1
+    return res
 
 
 def test_sweep_google_npz(tmp_path):
     config = ViTConfig(**TINY)
     path = tmp_path / "vit.npz"
     google.save_npz(path, unflatten(random_flat(config)))
-    _run_sweep(tmp_path, path, config, "google")
+    res = _run_sweep(
+        tmp_path,
+        path,
+        config,
+        "google",
+        ablations=("--ablations", "prop_attn", "--ablation-examples", "6", "--ablation-budget", "0.2"),
+    )
+    names = [r["name"] for r in res["ablations"]]
+    assert names == ["mlerp_on", "mlerp_off", "avg_on", "avg_off"]
+    assert all(r["n"] == 6 and 0.0 <= r["baseline_top1"] <= 1.0 for r in res["ablations"])
+    assert (tmp_path / "sweep_ablations.csv").read_text().count("\n") == 5
 
 
 @pytest.mark.parity
