@@ -232,19 +232,21 @@ def methods(args, config: D.DiTConfig) -> list[dict]:
     return out
 
 
-def denoiser_deviation(args, config, params, method, x0, y) -> dict[str, float]:
-    """Relative L2 deviation ``||eps_reduced - eps_none|| / ||eps_none||`` of one denoiser call on the
-    same noisy test images, per timestep: the per-step error that sampling then accumulates."""
+def denoiser_deviations(args, config, params, methods_, x0, y) -> dict[str, dict[str, float]]:
+    """Per method and timestep, the relative L2 deviation ``||eps_reduced - eps_none|| / ||eps_none||``
+    of one denoiser call on the same noisy test images: the per-step error that sampling accumulates.
+    The unreduced reference is computed once per timestep and shared by all methods."""
     model, diffusion = D.DiT(config), D.Diffusion()
     fn = jax.jit(lambda x, t, s: model.apply({"params": params}, x, t, y, s), static_argnums=2)
-    out = {}
+    out = {m["name"]: {} for m in methods_}
     for t in args.deviation_timesteps:
         tt = jnp.full((len(x0),), t, jnp.int32)
         noise = jax.random.normal(jax.random.PRNGKey(args.seed + 3 + t), x0.shape)
         xt = diffusion.q_sample(jnp.asarray(x0), tt, noise)
         ref = fn(xt, tt, S.none(config.depth))
-        got = fn(xt, tt, method["schedule"])
-        out[str(t)] = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
+        for m in methods_:
+            got = fn(xt, tt, m["schedule"])
+            out[m["name"]][str(t)] = float(jnp.linalg.norm(got - ref) / jnp.linalg.norm(ref))
     return out
 
 
@@ -408,11 +410,13 @@ def main(argv=None) -> dict:
     for m in all_methods:
         samples[m["name"]] = generate(args, config, params, m, noise, labels, workdir, train_summary["steps"])
     speed = time_methods(args, config, params, all_methods, noise, labels)
+    reduced = [m for m in all_methods if m["op"] != "none"]
+    deviation = denoiser_deviations(args, config, params, reduced, dev_x, dev_y)
     for m in all_methods:
         res = {k: m[k] for k in ("name", "op", "r", "steps", "flops_ratio")}
         res.update(speed[m["name"]])
-        if m["op"] != "none":
-            res["eps_deviation"] = denoiser_deviation(args, config, params, m, dev_x, dev_y)
+        if m["name"] in deviation:
+            res["eps_deviation"] = deviation[m["name"]]
         results.append(res)
 
     ref = samples[results[0]["name"]] if results[0]["op"] == "none" else None
