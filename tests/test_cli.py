@@ -141,6 +141,12 @@ def test_finetune_trains_resumes_and_evaluates(assets, tmp_path, capsys):
     assert len(json.loads((out / "finetune.json").read_text())["train_log"]) == 2
 
 
+def test_finetune_rejects_negative_crop_padding(assets, tmp_path, capsys):
+    argv = ["finetune", *_common(assets), "--budget", "0.25", "--steps", "2", "--crop-pad", "-1"]
+    assert main([*argv, "--out-dir", str(tmp_path / "ft")]) == 2
+    assert "crop padding must be >= 0" in capsys.readouterr().err
+
+
 def test_visualize_draws_groups_and_schedule(assets, tmp_path):
     out = tmp_path / "vis" / "t.png"
     argv = [

@@ -277,6 +277,8 @@ def cmd_finetune(args) -> int:
     from tofu_jax.finetune import FinetuneConfig, finetune
 
     planner.check_budget(args.budget)
+    if args.crop_pad < 0:
+        raise ValueError(f"crop padding must be >= 0 pixels, got --crop-pad {args.crop_pad}")
     config, params = _load_model(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +289,7 @@ def cmd_finetune(args) -> int:
     zero_shot = params
     ft = FinetuneConfig(
         steps=args.steps, batch_size=args.train_batch, learning_rate=args.lr, seed=args.seed,
-        warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every,
+        warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every, augment_pad=args.crop_pad,
     )  # fmt: skip
     from tqdm.auto import tqdm
 
@@ -303,7 +305,10 @@ def cmd_finetune(args) -> int:
         res = compare(config, p, {name: sched}, test_x, test_y, batch_size=args.batch_size, bench_runs=1)
         rows.extend(res)
     print(format_table(rows))
-    result = {"schedule": sched.to_dict(), "steps": ft.steps, "rows": rows, "train_log": log}
+    result = {
+        "schedule": sched.to_dict(), "steps": ft.steps, "crop_pad": ft.augment_pad,
+        "rows": rows, "train_log": log,
+    }  # fmt: skip
     (out_dir / "finetune.json").write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out_dir / 'finetuned.npz'} and {out_dir / 'finetune.json'}")
     return 0
@@ -431,6 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--steps", type=int, default=100)
     ft.add_argument("--lr", type=float, default=1e-4)
     ft.add_argument("--train-batch", type=int, default=64)
+    ft.add_argument(
+        "--crop-pad", type=int, default=2,
+        help="random-crop padding in pixels (0: horizontal flips only, as the bundled model's last steps)",
+    )  # fmt: skip
     ft.add_argument("--train-images", type=int, default=0, help="training images to sample from (0 = all)")
     ft.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
     ft.add_argument("--ckpt-every", type=int, default=50)

@@ -48,6 +48,10 @@ def finetune(
       images: ``[N, H, W, C]`` float32 in [-1, 1] from the training split.  labels: ``[N]`` int.
       workdir: where ``finetune_state.npz`` is written every ``ckpt_every`` steps and resumed from.
     """
+    if ft.steps < 1 or ft.batch_size < 1:
+        raise ValueError(f"finetune needs steps >= 1 and batch size >= 1, got {ft.steps} and {ft.batch_size}")
+    if ft.augment_pad < 0:
+        raise ValueError(f"crop padding must be >= 0 pixels, got {ft.augment_pad}")
     if len(images) < ft.batch_size:
         raise ValueError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
     if schedule is not None:
