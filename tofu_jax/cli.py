@@ -277,8 +277,10 @@ def cmd_finetune(args) -> int:
     from tofu_jax.finetune import FinetuneConfig, finetune
 
     planner.check_budget(args.budget)
-    if args.crop_pad < 0:
-        raise ValueError(f"crop padding must be >= 0 pixels, got --crop-pad {args.crop_pad}")
+    ft = FinetuneConfig(
+        steps=args.steps, batch_size=args.train_batch, learning_rate=args.lr, seed=args.seed,
+        warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every, augment_pad=args.crop_pad,
+    )  # fmt: skip
     config, params = _load_model(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -287,10 +289,6 @@ def cmd_finetune(args) -> int:
     train_x, train_y = _load_split(args, config, "train", args.train_images)
     test_x, test_y = _load_split(args, config, "test", args.num_examples)
     zero_shot = params
-    ft = FinetuneConfig(
-        steps=args.steps, batch_size=args.train_batch, learning_rate=args.lr, seed=args.seed,
-        warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every, augment_pad=args.crop_pad,
-    )  # fmt: skip
     from tqdm.auto import tqdm
 
     bar = tqdm(total=ft.steps, desc="fine-tuning", unit="step", file=sys.stderr, leave=False)

@@ -30,6 +30,14 @@ class FinetuneConfig:
     seed: int = 0
     augment_pad: int = 2
 
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"finetune needs steps >= 1 and batch size >= 1, got {self.steps} and {self.batch_size}"
+            )
+        if self.augment_pad < 0:
+            raise ValueError(f"crop padding must be >= 0 pixels, got {self.augment_pad}")
+
 
 def finetune(
     config: ViTConfig,
@@ -48,10 +56,6 @@ def finetune(
       images: ``[N, H, W, C]`` float32 in [-1, 1] from the training split.  labels: ``[N]`` int.
       workdir: where ``finetune_state.npz`` is written every ``ckpt_every`` steps and resumed from.
     """
-    if ft.steps < 1 or ft.batch_size < 1:
-        raise ValueError(f"finetune needs steps >= 1 and batch size >= 1, got {ft.steps} and {ft.batch_size}")
-    if ft.augment_pad < 0:
-        raise ValueError(f"crop padding must be >= 0 pixels, got {ft.augment_pad}")
     if len(images) < ft.batch_size:
         raise ValueError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
     if schedule is not None:
