@@ -56,14 +56,15 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     if state_path.exists():
         params, opt_state, step, _ = load_train_state(state_path, params, opt_state)
         print(f"[{name}] resumed at step {step}", flush=True)
-    rng = np.random.default_rng(args.seed + 1000 * (name == "high"))
+    phase_id = {"low": 0, "high": 1, "extra": 2}[name]
+    rng = np.random.default_rng(args.seed + 1000 * phase_id)
     key = jax.random.PRNGKey(args.seed)
     steps_per_epoch = len(images) // args.batch_size
     pad = args.crop_pad if args.crop_pad >= 0 else (1 if config.image_size == 14 else 2)
     t0 = time.time()
     while step < optim.total_steps:
         epoch = step // steps_per_epoch
-        ep_rng = np.random.default_rng(args.seed + 7919 * epoch + (name == "high"))
+        ep_rng = np.random.default_rng(args.seed + 7919 * epoch + phase_id)
         order = ep_rng.permutation(len(images))
         for i in range(step % steps_per_epoch, steps_per_epoch):
             if step >= optim.total_steps:
@@ -105,6 +106,11 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--high-lr", type=float, default=2e-4)
+    p.add_argument(
+        "--extra-steps", type=int, default=0,
+        help="optional third phase: a fresh warmup-cosine schedule at 28x28 from the high-res weights",
+    )  # fmt: skip
+    p.add_argument("--extra-lr", type=float, default=3e-4)
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument(
         "--crop-pad", type=int, default=-1,
@@ -137,6 +143,13 @@ def main(argv=None):
             learning_rate=args.high_lr, warmup_steps=20, total_steps=args.high_steps, weight_decay=0.05
         )
         params = run_phase("high", BASE, high_params, train_f, train_y, high_opt, args, log, fh)
+        if args.extra_steps > 0:
+            # A warm restart: the high-res model is under-fitted, and a second cosine lets a
+            # later session add epochs without rewriting the finished phase's schedule.
+            extra_opt = OptimConfig(
+                learning_rate=args.extra_lr, warmup_steps=50, total_steps=args.extra_steps, weight_decay=0.05
+            )
+            params = run_phase("extra", BASE, params, train_f, train_y, extra_opt, args, log, fh)
 
     apply = make_apply(ViT(BASE))
     test = to_model_range(test_x)
@@ -154,7 +167,8 @@ def main(argv=None):
         "training": {
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
-            "high_res_steps": args.high_steps, "batch_size": args.batch_size,
+            "high_res_steps": args.high_steps, "extra_steps": args.extra_steps,
+            "batch_size": args.batch_size,
             "optimizer": "adamw + warmup cosine, label smoothing 0.1",
             "augmentation": augmentation_text(args.crop_pad),
             "wall_clock_s": round(time.time() - t_start),
