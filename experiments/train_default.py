@@ -61,7 +61,7 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     key = jax.random.PRNGKey(args.seed)
     steps_per_epoch = len(images) // args.batch_size
     pad = args.crop_pad if args.crop_pad >= 0 else (1 if config.image_size == 14 else 2)
-    t0 = time.time()
+    t0, first_step = time.time(), step
     while step < optim.total_steps:
         epoch = step // steps_per_epoch
         ep_rng = np.random.default_rng(args.seed + 7919 * epoch + phase_id)
@@ -77,7 +77,7 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
             step += 1
             if step % 50 == 0 or step == optim.total_steps:
                 m = {k: float(v) for k, v in metrics.items()}
-                rate = (time.time() - t0) / max(step, 1)
+                rate = (time.time() - t0) / max(step - first_step, 1)
                 print(
                     f"[{name}] step {step}/{optim.total_steps} loss {m['loss']:.4f} "
                     f"acc {m['accuracy']:.3f} ({time.time() - t0:.0f}s)",
