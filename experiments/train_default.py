@@ -56,7 +56,7 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     if state_path.exists():
         params, opt_state, step, _ = load_train_state(state_path, params, opt_state)
         print(f"[{name}] resumed at step {step}", flush=True)
-    phase_id = {"low": 0, "high": 1, "extra": 2}[name]
+    phase_id = phase_index(name)
     rng = np.random.default_rng(args.seed + 1000 * phase_id)
     key = jax.random.PRNGKey(args.seed)
     steps_per_epoch = len(images) // args.batch_size
@@ -91,6 +91,26 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     return params
 
 
+def phase_index(name: str) -> int:
+    """'low' -> 0, 'high' -> 1, 'extra' -> 2, 'extra2' -> 3, ... (seeds the data order)."""
+    fixed = {"low": 0, "high": 1, "extra": 2}
+    if name in fixed:
+        return fixed[name]
+    return 1 + int(name.removeprefix("extra"))
+
+
+def extra_phase_names(count: int) -> list:
+    return ["extra" if i == 0 else f"extra{i + 1}" for i in range(count)]
+
+
+def int_list(text: str) -> list:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def float_list(text: str) -> list:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
 def augmentation_text(crop_pad: int) -> str:
     if crop_pad < 0:
         return "random crop (pad 1 px at 14x14, 2 px at 28x28) + horizontal flip"
@@ -107,10 +127,14 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--high-lr", type=float, default=2e-4)
     p.add_argument(
-        "--extra-steps", type=int, default=0,
-        help="optional third phase: a fresh warmup-cosine schedule at 28x28 from the high-res weights",
+        "--extra-steps", type=int_list, default=[],
+        help="optional warm-restart phases at 28x28, comma-separated lengths (e.g. 800,1000): each is "
+        "a fresh warmup-cosine schedule starting from the previous phase's weights",
     )  # fmt: skip
-    p.add_argument("--extra-lr", type=float, default=3e-4)
+    p.add_argument(
+        "--extra-lr", type=float_list, default=[3e-4],
+        help="peak learning rate per extra phase, comma-separated; the last value repeats",
+    )  # fmt: skip
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument(
         "--crop-pad", type=int, default=-1,
@@ -143,13 +167,14 @@ def main(argv=None):
             learning_rate=args.high_lr, warmup_steps=20, total_steps=args.high_steps, weight_decay=0.05
         )
         params = run_phase("high", BASE, high_params, train_f, train_y, high_opt, args, log, fh)
-        if args.extra_steps > 0:
-            # A warm restart: the high-res model is under-fitted, and a second cosine lets a
-            # later session add epochs without rewriting the finished phase's schedule.
+        # Warm restarts: the high-res model is under-fitted, and each new cosine lets a later
+        # session add epochs without rewriting a finished phase's schedule.
+        for i, name in enumerate(extra_phase_names(len(args.extra_steps))):
+            lr = args.extra_lr[min(i, len(args.extra_lr) - 1)]
             extra_opt = OptimConfig(
-                learning_rate=args.extra_lr, warmup_steps=50, total_steps=args.extra_steps, weight_decay=0.05
+                learning_rate=lr, warmup_steps=50, total_steps=args.extra_steps[i], weight_decay=0.05
             )
-            params = run_phase("extra", BASE, params, train_f, train_y, extra_opt, args, log, fh)
+            params = run_phase(name, BASE, params, train_f, train_y, extra_opt, args, log, fh)
 
     apply = make_apply(ViT(BASE))
     test = to_model_range(test_x)
@@ -168,6 +193,8 @@ def main(argv=None):
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
             "high_res_steps": args.high_steps, "extra_steps": args.extra_steps,
+            "extra_learning_rates": args.extra_lr[: len(args.extra_steps)]
+            + args.extra_lr[-1:] * max(0, len(args.extra_steps) - len(args.extra_lr)),
             "batch_size": args.batch_size,
             "optimizer": "adamw + warmup cosine, label smoothing 0.1",
             "augmentation": augmentation_text(args.crop_pad),
