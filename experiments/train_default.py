@@ -143,6 +143,10 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ASSETS / "fmnist_vit.npz"))
     args = p.parse_args(argv)
+    if not args.extra_lr:
+        p.error("--extra-lr needs at least one learning rate")
+    # One peak lr per extra phase; the last given value repeats for the remaining phases.
+    extra_lrs = [args.extra_lr[min(i, len(args.extra_lr) - 1)] for i in range(len(args.extra_steps))]
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
@@ -169,11 +173,10 @@ def main(argv=None):
         params = run_phase("high", BASE, high_params, train_f, train_y, high_opt, args, log, fh)
         # Warm restarts: the high-res model is under-fitted, and each new cosine lets a later
         # session add epochs without rewriting a finished phase's schedule.
-        for i, name in enumerate(extra_phase_names(len(args.extra_steps))):
-            lr = args.extra_lr[min(i, len(args.extra_lr) - 1)]
-            extra_opt = OptimConfig(
-                learning_rate=lr, warmup_steps=50, total_steps=args.extra_steps[i], weight_decay=0.05
-            )
+        for name, steps, lr in zip(
+            extra_phase_names(len(extra_lrs)), args.extra_steps, extra_lrs, strict=True
+        ):
+            extra_opt = OptimConfig(learning_rate=lr, warmup_steps=50, total_steps=steps, weight_decay=0.05)
             params = run_phase(name, BASE, params, train_f, train_y, extra_opt, args, log, fh)
 
     apply = make_apply(ViT(BASE))
@@ -193,8 +196,7 @@ def main(argv=None):
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
             "high_res_steps": args.high_steps, "extra_steps": args.extra_steps,
-            "extra_learning_rates": args.extra_lr[: len(args.extra_steps)]
-            + args.extra_lr[-1:] * max(0, len(args.extra_steps) - len(args.extra_lr)),
+            "extra_learning_rates": extra_lrs,
             "batch_size": args.batch_size,
             "optimizer": "adamw + warmup cosine, label smoothing 0.1",
             "augmentation": augmentation_text(args.crop_pad),
