@@ -130,7 +130,7 @@ def run(seq: int = 64, depth: int = 4, r: int = 8, batch: int = 4, seed: int = 0
     }
 
     def reducers(op):
-        return tuple(TokenReducer(op, 0 if op == "none" else r) for _ in range(depth))
+        return tuple(TokenReducer(op, 0 if op == "none" else r, protected=0) for _ in range(depth))
 
     params = TokenTagger(reducers("none")).init(jax.random.PRNGKey(seed + 1), ids["random"])
     fulls, full_flops = None, None

@@ -46,7 +46,7 @@ def test_reduce_restore_shapes(op, protected):
 @pytest.mark.parametrize("op", ("none",) + OPS)
 def test_r0_is_identity(op):
     x = _x(2)
-    xr, size, state = TokenReducer(op, 0)(x, None, x)
+    xr, size, state = TokenReducer(op, 0, protected=0)(x, None, x)
     assert xr is x
     np.testing.assert_array_equal(size, np.ones((2, 11, 1)))
     assert state.r == 0 and state.matching is None
@@ -84,9 +84,9 @@ def test_apply_runs_fn_on_fewer_tokens():
         seen.append(h.shape)
         return 2 * h
 
-    out = TokenReducer("merge_avg", 6).apply(fn, x, x)
+    out = TokenReducer("merge_avg", 6, protected=0).apply(fn, x, x)
     assert seen == [(2, 10, 6)] and out.shape == x.shape
-    xr, _, state = TokenReducer("merge_avg", 6)(x, None, x)
+    xr, _, state = TokenReducer("merge_avg", 6, protected=0)(x, None, x)
     np.testing.assert_allclose(out, state.restore(2 * xr), rtol=1e-6)
 
 
@@ -112,11 +112,11 @@ def test_restore_all_chain_and_jit():
 
 def test_reducer_validation():
     with pytest.raises(ValueError, match="unknown op"):
-        TokenReducer("prune_importance", 2)
+        TokenReducer("prune_importance", 2, protected=0)
     with pytest.raises(ValueError, match="needs r=0"):
-        TokenReducer("none", 2)
+        TokenReducer("none", 2, protected=0)
     with pytest.raises(ValueError, match="mlerp_norm"):
-        TokenReducer("merge_mlerp", 1, mlerp_norm="mean")
+        TokenReducer("merge_mlerp", 1, protected=0, mlerp_norm="mean")
     with pytest.raises(ValueError, match="out of range"):
         TokenReducer("merge_avg", 6, protected=1)(_x(), None, _x())  # 11 tokens: at most 5
 

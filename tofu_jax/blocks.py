@@ -25,7 +25,7 @@ Two ways to use them inside a block (``x`` = block input, ``N`` tokens):
 
        y, metric = attn(norm1(x))
        x = x + y
-       h, _, state = TokenReducer("merge_avg", r=64)(norm2(x), None, metric)
+       h, _, state = TokenReducer("merge_avg", r=64, protected=0)(norm2(x), None, metric)
        x = x + state.restore(mlp(h))  # the MLP ran on N - r tokens, the residual on all N
 
 With ``restore`` (unmerge), every token removed by a merge receives the output of the merged token
@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from tofu_jax import merging
+from tofu_jax.errors import ConfigError, UserError
 from tofu_jax.matching import Matching, bipartite_soft_matching, check_r, max_reduction
 
 REDUCER_OPS = ("none", "prune", "merge_avg", "merge_mlerp")
@@ -93,7 +94,7 @@ class ReductionState:
         """
         if self.src_idx is None:
             if y.shape[1] != self.num_tokens:
-                raise ValueError(f"y has {y.shape[1]} tokens; nothing was reduced from {self.num_tokens}")
+                raise UserError(f"y has {y.shape[1]} tokens; nothing was reduced from {self.num_tokens}")
             return y
         return merging.unmerge(y, self.matching, self.num_tokens)
 
@@ -108,7 +109,8 @@ class TokenReducer:
       op: ``"none"``, ``"prune"`` (drop the matched tokens), ``"merge_avg"`` (ToMe size-weighted
         average) or ``"merge_mlerp"`` (ToFu: average direction, max norm).
       r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
-      protected: leading tokens that never move (0: none, 1: a CLS token, 2: CLS + distillation).
+      protected: leading tokens that never move (1: a CLS token, 2: CLS + distillation, 0: no
+        prefix tokens). Required: a wrong guess would silently merge a CLS token away.
       mlerp_norm: ``"max"`` or ``"weighted_mean"`` (norm rule of ``merge_mlerp``).
 
     Call as ``x, size, state = reducer(x, size, metric)``: ``x [B, N, C]``, ``size [B, N, 1]`` or None
@@ -119,20 +121,25 @@ class TokenReducer:
 
     op: str = "merge_mlerp"
     r: int = 0
-    protected: int = 0
+    protected: int | None = None
     mlerp_norm: str = "max"
 
     def __post_init__(self):
         if self.op not in REDUCER_OPS:
-            raise ValueError(f"unknown op {self.op!r}; TokenReducer supports {', '.join(REDUCER_OPS)}")
+            raise UserError(f"unknown op {self.op!r}; TokenReducer supports {', '.join(REDUCER_OPS)}")
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
-            raise ValueError(f"r must be a non-negative int, got {self.r!r}")
+            raise UserError(f"r must be a non-negative int, got {self.r!r}")
         if self.op == "none" and self.r:
-            raise ValueError(f"op 'none' needs r=0, got r={self.r}")
-        if self.protected not in (0, 1, 2):
-            raise ValueError(f"protected must be 0, 1 or 2, got {self.protected}")
+            raise UserError(f"op 'none' needs r=0, got r={self.r}")
+        if self.protected is None:
+            raise ConfigError(
+                "TokenReducer needs protected=<number of leading tokens that must never move>: 1 for a "
+                "CLS token, 2 for CLS + distillation token, 0 for models without prefix tokens"
+            )
+        if not isinstance(self.protected, int) or isinstance(self.protected, bool) or self.protected < 0:
+            raise ConfigError(f"protected must be a non-negative int, got {self.protected!r}")
         if self.mlerp_norm not in ("max", "weighted_mean"):
-            raise ValueError(f"mlerp_norm must be 'max' or 'weighted_mean', got {self.mlerp_norm!r}")
+            raise UserError(f"mlerp_norm must be 'max' or 'weighted_mean', got {self.mlerp_norm!r}")
 
     @property
     def active(self) -> bool:
@@ -152,9 +159,9 @@ class TokenReducer:
     ) -> tuple[jax.Array, jax.Array, ReductionState]:
         """Reduce ``x [B, N, C]`` -> ``(x [B, N - r, C], size [B, N - r, 1], state)``."""
         if x.ndim != 3:
-            raise ValueError(f"x must have shape [B, N, C], got {tuple(x.shape)}")
+            raise UserError(f"x must have shape [B, N, C], got {tuple(x.shape)}")
         if metric.shape[:2] != x.shape[:2]:
-            raise ValueError(
+            raise UserError(
                 f"metric must have shape [B, N, C'] with [B, N]={x.shape[:2]}, got {metric.shape}"
             )
         n = x.shape[1]
@@ -242,7 +249,7 @@ class ToFuAttention(nn.Module):
     def __call__(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         width = x.shape[-1]
         if width % self.num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
+            raise UserError(f"width {width} is not divisible by num_heads {self.num_heads}")
         proj = dict(
             features=(self.num_heads, width // self.num_heads),
             use_bias=self.use_bias,
@@ -281,7 +288,7 @@ class ToFuAttentionNNX(nnx.Module):
         fused: bool = True,
     ):
         if width % num_heads:
-            raise ValueError(f"width {width} is not divisible by num_heads {num_heads}")
+            raise UserError(f"width {width} is not divisible by num_heads {num_heads}")
         heads = (num_heads, width // num_heads)
         proj = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
         self.query = nnx.LinearGeneral(width, heads, **proj)

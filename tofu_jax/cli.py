@@ -17,16 +17,65 @@ from pathlib import Path
 
 import numpy as np
 
-USER_ERRORS: tuple[type[Exception], ...] = ()
+from tofu_jax.errors import UserError
+
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
+PROFILE_METRICS = (
+    "L_mlp_matched", "L_mlp_random", "L_block_matched", "L_block_random", "cos_matched", "cos_random",
+    "norm_mean", "norm_cv", "avg_norm_ratio",
+)  # fmt: skip
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    from tofu_jax.checkpoints.common import CheckpointError
-    from tofu_jax.data.idx import DataError
-    from tofu_jax.planner import BudgetError
-    from tofu_jax.schedule import ScheduleError
+class _Parser(argparse.ArgumentParser):
+    """Reports a bad flag as a :class:`UserError`, so it prints as one line like every other."""
 
-    return (CheckpointError, DataError, BudgetError, ScheduleError, FileNotFoundError, ValueError)
+    def error(self, message: str):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    interval = f"{lo}{low:g}, {high:g}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text!r}") from None
+        too_low = value <= low if low_open else value < low
+        too_high = value >= high if high_open else value > high
+        if not np.isfinite(value) or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected a number in {interval}, got {text}")
+        return value
+
+    return parse
+
+
+def _platforms(text: str) -> list[str]:
+    names = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in names if p not in PLATFORMS]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(PLATFORMS)}, got {text!r}"
+        )
+    return names
+
+
+POSITIVE = _int_at_least(1)
+NON_NEGATIVE = _int_at_least(0)
 
 
 # --- shared option groups ---------------------------------------------------------------------------
@@ -42,13 +91,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--format", default="auto", choices=["auto", "google", "timm", "hf"], help="checkpoint layout"
     )
     g.add_argument(
-        "--image-size", type=int, help="override the config's image size (position embedding resampled)"
+        "--image-size", type=POSITIVE, help="override the config's image size (position embedding resampled)"
     )
-    g.add_argument("--num-classes", type=int, help="override the class count (needs --reset-head)")
+    g.add_argument("--num-classes", type=POSITIVE, help="override the class count (needs --reset-head)")
     g.add_argument(
         "--reset-head", action="store_true", help="re-initialise the head when class counts differ"
     )
     g.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    g.add_argument(
+        "--gelu", choices=["tanh", "exact"],
+        help="override the GELU form (default: from the checkpoint's format: Google tanh, timm/HF exact)",
+    )  # fmt: skip
+    g.add_argument(
+        "--layernorm-eps", type=_float_in(0.0, 1.0, low_open=True, high_open=True),
+        help="override the LayerNorm epsilon (default: from the checkpoint's format or config.json)",
+    )  # fmt: skip
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -57,9 +114,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
         "--dataset", default="fashion_mnist_idx", help="fashion_mnist_idx (offline IDX files) or a TFDS name"
     )
     g.add_argument("--data-dir", help="IDX directory or TFDS data_dir")
-    g.add_argument("--batch-size", type=int, default=250)
-    g.add_argument("--calib-images", type=int, default=256, help="training-split images for profiling")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=POSITIVE, default=250)
+    g.add_argument("--calib-images", type=POSITIVE, default=256, help="training-split images for profiling")
+    g.add_argument("--seed", type=NON_NEGATIVE, default=0)
 
 
 def _load_model(args):
@@ -73,6 +130,8 @@ def _load_model(args):
         image_size=args.image_size,
         num_classes=args.num_classes,
         dtype=args.dtype,
+        gelu_approximate=None if args.gelu is None else args.gelu == "tanh",
+        layernorm_eps=args.layernorm_eps,
     )
 
 
@@ -238,6 +297,7 @@ def cmd_plan(args) -> int:
 
     config, params = _load_model(args)
     profile = Profile.load(args.profile) if args.profile else _profile(args, config, params)
+    profile.check_depth(config.depth)
     p = _make_plan(args, config, params, profile)
     meta = p.meta(config)
     p.schedule.to_json(args.out, meta=meta)
@@ -252,10 +312,9 @@ def cmd_export(args) -> int:
 
     config, params = _load_model(args)
     schedule = Schedule.from_json(args.schedule) if args.schedule else None
-    platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
     meta = {"checkpoint": args.checkpoint, "model": args.model, "schedule": args.schedule}
     side = write_export(
-        args.out, config, params, schedule, args.batch, platforms=platforms, tf=args.tf, meta=meta
+        args.out, config, params, schedule, args.batch, platforms=args.platforms, tf=args.tf, meta=meta
     )
     print(
         f"{side['schedule_describe']}: {side['gflops_per_image']:.4f} GFLOPs/image, tokens {side['tokens']}"
@@ -327,14 +386,14 @@ def cmd_visualize(args) -> int:
         try:
             raw = np.asarray(matplotlib.image.imread(args.image), np.float32)
         except (OSError, SyntaxError, ValueError) as e:
-            raise ValueError(f"cannot read image {args.image}: {e}") from None
+            raise UserError(f"cannot read image {args.image}: {e}") from None
         raw = raw[..., :3] if raw.ndim == 3 else raw[..., None]
         if raw.max() > 1.0:
             raw = raw / 255.0
         if raw.shape[-1] != config.channels:
             raw = raw.mean(-1, keepdims=True) if config.channels == 1 else np.repeat(raw[..., :1], 3, -1)
         if raw.shape[:2] != (config.image_size, config.image_size):
-            raise ValueError(
+            raise UserError(
                 f"image {args.image} is {raw.shape[1]}x{raw.shape[0]}, the model expects "
                 f"{config.image_size}x{config.image_size}"
             )
@@ -342,7 +401,7 @@ def cmd_visualize(args) -> int:
     else:
         images, _ = _load_split(args, config, "test", None)
         if not 0 <= args.index < len(images):
-            raise ValueError(f"--index {args.index} out of range 0..{len(images) - 1}")
+            raise UserError(f"--index {args.index} out of range 0..{len(images) - 1}")
         image = images[args.index]
     sched = _schedule_from_args(args, config, params)
     logits, state = ViT(config).apply(
@@ -361,13 +420,22 @@ def cmd_visualize(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tofu-jax", description="Token Fusion for ViTs in JAX/Flax")
+    parser = _Parser(prog="tofu-jax", description="Token Fusion for ViTs in JAX/Flax")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     sub = parser.add_subparsers(dest="command")
 
     def planning(p):
-        p.add_argument("--budget", type=float, default=0.4, help="fraction of FLOPs to remove (default 0.4)")
+        p.add_argument(
+            "--budget", type=_float_in(0.0, 1.0, high_open=True), default=0.4,
+            help="fraction of FLOPs to remove (default 0.4)",
+        )  # fmt: skip
         p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
-        p.add_argument("--metric", default="L_mlp_matched", help="profile column the planner thresholds")
+        p.add_argument(
+            "--metric",
+            default="L_mlp_matched",
+            choices=PROFILE_METRICS,
+            help="profile column the planner thresholds",
+        )
         p.add_argument(
             "--selection",
             default="redundancy",
@@ -375,26 +443,29 @@ def build_parser() -> argparse.ArgumentParser:
             help="which tokens go: most redundant (bipartite matching) or least important (CLS attention)",
         )
         p.add_argument(
-            "--search-images", type=int, default=512, help="held-out training images for --planner search"
+            "--search-images",
+            type=POSITIVE,
+            default=512,
+            help="held-out training images for --planner search",
         )
-        p.add_argument("--r-profile", type=int, help="matched pairs per image per block while profiling")
+        p.add_argument("--r-profile", type=POSITIVE, help="matched pairs per image per block while profiling")
 
     run = sub.add_parser("run", help="main job: baseline vs ToFu vs ToMe at one FLOPs budget")
     _model_args(run)
     _data_args(run)
     planning(run)
     run.add_argument("--schedule", help="use this schedule JSON for ToFu instead of planning")
-    run.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
-    run.add_argument("--bench-batch", type=int, default=64)
-    run.add_argument("--bench-runs", type=int, default=5)
+    run.add_argument("--num-examples", type=NON_NEGATIVE, default=2000, help="test images (0 = full split)")
+    run.add_argument("--bench-batch", type=POSITIVE, default=64)
+    run.add_argument("--bench-runs", type=POSITIVE, default=5)
     run.add_argument("--out-dir", default="runs/main")
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="per-block linearity profile on calibration images")
     _model_args(prof)
     _data_args(prof)
-    prof.add_argument("--r-profile", type=int)
-    prof.add_argument("--metric", default="L_mlp_matched")
+    prof.add_argument("--r-profile", type=POSITIVE)
+    prof.add_argument("--metric", default="L_mlp_matched", choices=PROFILE_METRICS)
     prof.add_argument("--out", default="profile.json")
     prof.set_defaults(func=cmd_profile)
 
@@ -409,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="serialized jax.export (StableHLO) artifact + JSON sidecar")
     _model_args(ex)
     ex.add_argument("--schedule", help="schedule JSON (default: no reduction)")
-    ex.add_argument("--batch", type=int, default=8, help="fixed batch size of the artifact")
-    ex.add_argument("--platforms", default="cpu", help="comma-separated, e.g. cpu,cuda")
+    ex.add_argument("--batch", type=POSITIVE, default=8, help="fixed batch size of the artifact")
+    ex.add_argument("--platforms", type=_platforms, default="cpu", help="comma-separated, e.g. cpu,cuda")
     ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
     ex.add_argument("--out", default="export", help="output directory")
     ex.set_defaults(func=cmd_export)
@@ -421,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument(
         "image", nargs="?", help="PNG/JPEG of the model's input size (else --index of the test split)"
     )
-    vis.add_argument("--index", type=int, default=0, help="test-split image to draw when no IMAGE is given")
+    vis.add_argument(
+        "--index", type=NON_NEGATIVE, default=0, help="test-split image to draw when no IMAGE is given"
+    )
     vis.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
     vis.add_argument("--out", default="runs/visualize/tokens.png")
     vis.set_defaults(func=cmd_visualize)
@@ -431,33 +504,40 @@ def build_parser() -> argparse.ArgumentParser:
     _data_args(ft)
     planning(ft)
     ft.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
-    ft.add_argument("--steps", type=int, default=100)
-    ft.add_argument("--lr", type=float, default=1e-4)
-    ft.add_argument("--train-batch", type=int, default=64)
+    ft.add_argument("--steps", type=POSITIVE, default=100)
+    ft.add_argument("--lr", type=_float_in(0.0, 1.0, low_open=True), default=1e-4)
+    ft.add_argument("--train-batch", type=POSITIVE, default=64)
     ft.add_argument(
-        "--crop-pad", type=int, default=2,
+        "--crop-pad", type=NON_NEGATIVE, default=2,
         help="random-crop padding in pixels (0: horizontal flips only, as the bundled model's last steps)",
     )  # fmt: skip
-    ft.add_argument("--train-images", type=int, default=0, help="training images to sample from (0 = all)")
-    ft.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
-    ft.add_argument("--ckpt-every", type=int, default=50)
+    ft.add_argument(
+        "--train-images", type=NON_NEGATIVE, default=0, help="training images to sample from (0 = all)"
+    )
+    ft.add_argument("--num-examples", type=NON_NEGATIVE, default=2000, help="test images (0 = full split)")
+    ft.add_argument("--ckpt-every", type=POSITIVE, default=50)
     ft.add_argument("--out-dir", default="runs/finetune", help="checkpoints go here; re-run to resume")
     ft.set_defaults(func=cmd_finetune)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the CLI; user errors print one ``tofu-jax: error:`` line and return 2 (``--debug``: raise)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
     try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
         return args.func(args)
-    except _user_errors() as e:
+    except (UserError, OSError) as e:
+        if debug:
+            raise
         msg = str(e).split("\n--------------------\n")[0]
         print(f"tofu-jax: error: {msg}", file=sys.stderr)
         return 2

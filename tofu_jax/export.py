@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
@@ -60,7 +61,7 @@ def _forward(config: ViTConfig, params, schedule: Schedule):
 
 def input_spec(config: ViTConfig, batch: int) -> jax.ShapeDtypeStruct:
     if not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+        raise UserError(f"batch must be a positive int, got {batch!r}")
     return jax.ShapeDtypeStruct((batch, config.image_size, config.image_size, config.channels), jnp.float32)
 
 
@@ -142,7 +143,7 @@ def write_export(
       The sidecar dict.
     """
     if tf not in ("auto", "off", "require"):
-        raise ValueError(f"tf must be 'auto', 'off' or 'require', got {tf!r}")
+        raise UserError(f"tf must be 'auto', 'off' or 'require', got {tf!r}")
     schedule = schedule if schedule is not None else no_reduction(config.depth)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ def write_export(
             sidecar["tf"] = _export_tf(config, params, schedule, batch, out, platforms)
         except ImportError as e:
             if tf == "require":
-                raise ValueError(f"TF export required but TensorFlow is not available: {e}") from e
+                raise UserError(f"TF export required but TensorFlow is not available: {e}") from e
             sidecar["tf"] = {"skipped": f"TensorFlow not available ({e}); install the 'tf' extra"}
     if meta:
         sidecar["meta"] = meta

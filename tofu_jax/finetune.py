@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax.data.preprocess import augment
+from tofu_jax.errors import UserError
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
 from tofu_jax.train import OptimConfig, load_train_state, make_optimizer, make_train_step, save_train_state
@@ -32,11 +33,11 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
-            raise ValueError(
+            raise UserError(
                 f"finetune needs steps >= 1 and batch size >= 1, got {self.steps} and {self.batch_size}"
             )
         if self.augment_pad < 0:
-            raise ValueError(f"crop padding must be >= 0 pixels, got {self.augment_pad}")
+            raise UserError(f"crop padding must be >= 0 pixels, got {self.augment_pad}")
 
 
 def finetune(
@@ -57,7 +58,7 @@ def finetune(
       workdir: where ``finetune_state.npz`` is written every ``ckpt_every`` steps and resumed from.
     """
     if len(images) < ft.batch_size:
-        raise ValueError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
+        raise UserError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
     if schedule is not None:
         schedule.validate(config.depth, config.num_tokens, config.num_prefix)
     optim = OptimConfig(
@@ -76,7 +77,7 @@ def finetune(
     if state_path is not None and state_path.exists():
         params, opt_state, step, meta = load_train_state(state_path, params, opt_state)
         if meta.get("schedule") != (schedule.to_dict() if schedule else None):
-            raise ValueError(f"{state_path} was written for another schedule; use a fresh --out-dir")
+            raise UserError(f"{state_path} was written for another schedule; use a fresh --out-dir")
     meta = {"schedule": schedule.to_dict() if schedule else None, "finetune": dataclasses.asdict(ft)}
     key = jax.random.PRNGKey(ft.seed)
     log = []

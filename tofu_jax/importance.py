@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from tofu_jax.errors import UserError
 from tofu_jax.models.vit import MultiHeadDotProductAttention, ViT, ViTConfig
 from tofu_jax.scoring import gradient_saliency, key_norm
 
@@ -172,11 +173,11 @@ def saliency_profile(
     images = np.asarray(images, np.float32)
     m = len(images)
     if m == 0:
-        raise ValueError("saliency_profile needs at least one calibration image")
+        raise UserError("saliency_profile needs at least one calibration image")
     use_labels = labels is not None
     labels = np.zeros(m, np.int32) if labels is None else np.asarray(labels, np.int32)
     if labels.shape != (m,):
-        raise ValueError(f"labels must have shape ({m},), got {labels.shape}")
+        raise UserError(f"labels must have shape ({m},), got {labels.shape}")
     fn = make_saliency_fn(config)
     bs = min(batch_size, m)
     sal_parts, score_parts = [], []
@@ -214,7 +215,7 @@ def importance_ops(ops: Sequence[str], profile: SaliencyProfile, min_agreement: 
     blocks with undefined agreement) keep redundancy-based bipartite matching.
     """
     if len(ops) != len(profile.blocks):
-        raise ValueError(f"got {len(ops)} ops for a profile of {len(profile.blocks)} blocks")
+        raise UserError(f"got {len(ops)} ops for a profile of {len(profile.blocks)} blocks")
     agree = profile.agreement()
     return [
         IMPORTANCE_VARIANT.get(op, op) if not np.isnan(a) and a >= min_agreement else op

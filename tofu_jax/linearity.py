@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from tofu_jax.errors import UserError
+
 DEFAULT_ALPHAS = (0.25, 0.5, 0.75)
 
 
@@ -32,13 +34,13 @@ def interpolation_errors(
       squared output distance ``E ||f(x1) - f(x2)||^2``.
     """
     if x1.shape != x2.shape or x1.ndim != 2:
-        raise ValueError(f"x1 and x2 must both be [P, C], got {x1.shape} and {x2.shape}")
+        raise UserError(f"x1 and x2 must both be [P, C], got {x1.shape} and {x2.shape}")
     x1, x2 = x1.astype(jnp.float32), x2.astype(jnp.float32)
     f1, f2 = f(x1), f(x2)
     errs = []
     for a in alphas:
         if not 0.0 <= a <= 1.0:
-            raise ValueError(f"alphas must lie in [0, 1], got {a}")
+            raise UserError(f"alphas must lie in [0, 1], got {a}")
         mixed = f(a * x1 + (1 - a) * x2)
         errs.append(jnp.mean(jnp.sum((mixed - (a * f1 + (1 - a) * f2)) ** 2, axis=-1)))
     spread = jnp.mean(jnp.sum((f1 - f2) ** 2, axis=-1))

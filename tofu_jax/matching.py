@@ -13,6 +13,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tofu_jax.errors import UserError
+
 _EPS = 1e-6
 
 
@@ -47,12 +49,12 @@ def max_reduction(num_tokens: int, protected: int = 1) -> int:
 def check_r(r: int, num_tokens: int, protected: int, *, name: str = "r") -> None:
     """Raise ``ValueError`` unless ``0 <= r <= (num_tokens - protected) // 2``."""
     if not isinstance(r, int) or isinstance(r, bool):
-        raise ValueError(f"{name} must be a static Python int, got {type(r).__name__}")
+        raise UserError(f"{name} must be a static Python int, got {type(r).__name__}")
     if protected not in (0, 1, 2):
-        raise ValueError(f"protected must be 0, 1 or 2, got {protected}")
+        raise UserError(f"protected must be 0, 1 or 2, got {protected}")
     limit = max_reduction(num_tokens, protected)
     if not 0 <= r <= limit:
-        raise ValueError(
+        raise UserError(
             f"{name}={r} out of range: with {num_tokens} tokens and {protected} protected, "
             f"bipartite matching can remove 0..{limit} tokens"
         )
@@ -60,7 +62,7 @@ def check_r(r: int, num_tokens: int, protected: int, *, name: str = "r") -> None
 
 def _check_rank(name: str, x: jax.Array, rank: int, shape_doc: str) -> None:
     if x.ndim != rank:
-        raise ValueError(f"{name} must have shape {shape_doc}, got shape {tuple(x.shape)}")
+        raise UserError(f"{name} must have shape {shape_doc}, got shape {tuple(x.shape)}")
 
 
 def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) -> Matching:
@@ -80,6 +82,8 @@ def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) ->
     n = metric.shape[1]
     check_r(r, n, protected)
     metric = metric.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(metric), axis=-1, keepdims=True)
+    metric = metric / jnp.where(scale > 1e15, scale, 1.0)  # huge tokens: keep the norm finite
     metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = jnp.einsum("bic,bjc->bij", a, b)

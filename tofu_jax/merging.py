@@ -12,10 +12,12 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from tofu_jax.errors import UserError
 from tofu_jax.matching import Matching, _check_rank, gather_tokens, join, split_ab
 
 MlerpNorm = Literal["max", "weighted_mean"]
 _EPS = 1e-6
+_HUGE = 1e15  # entries above this may overflow a float32 sum of squares
 
 
 def _scatter(b: jax.Array, idx: jax.Array, vals: jax.Array, how: str) -> jax.Array:
@@ -33,12 +35,12 @@ def _check_inputs(x: jax.Array, size: jax.Array | None, m: Matching) -> jax.Arra
     if size is None:
         size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
     if size.shape != x.shape[:2] + (1,):
-        raise ValueError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
+        raise UserError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
     if m.unm_idx.shape[0] != x.shape[0]:
-        raise ValueError(f"matching batch {m.unm_idx.shape[0]} does not match x batch {x.shape[0]}")
+        raise UserError(f"matching batch {m.unm_idx.shape[0]} does not match x batch {x.shape[0]}")
     na = (x.shape[1] + 1) // 2
     if m.unm_idx.shape[1] + m.src_idx.shape[1] != na:
-        raise ValueError(
+        raise UserError(
             f"matching covers {m.unm_idx.shape[1] + m.src_idx.shape[1]} A tokens, but x with "
             f"N={x.shape[1]} has {na}"
         )
@@ -89,6 +91,17 @@ def merge_avg(x: jax.Array, size: jax.Array | None, m: Matching) -> tuple[jax.Ar
     return x_out.astype(x.dtype), s_out
 
 
+def safe_norm(x: jax.Array) -> jax.Array:
+    """``||x||`` over the last axis, ``[..., C] -> [..., 1]``, finite wherever the result fits the dtype.
+
+    Dividing by the largest entry first keeps the squares from overflowing (tokens of norm 1e30 in
+    float32 would give ``inf`` and then NaN directions).
+    """
+    scale = jnp.max(jnp.abs(x), axis=-1, keepdims=True)
+    scale = jnp.where(scale > _HUGE, scale, 1.0)  # ordinary tokens: the plain norm, bit for bit
+    return scale * jnp.linalg.norm(x / scale, axis=-1, keepdims=True)
+
+
 def merge_mlerp(
     x: jax.Array, size: jax.Array | None, m: Matching, *, norm: MlerpNorm = "max"
 ) -> tuple[jax.Array, jax.Array]:
@@ -103,16 +116,16 @@ def merge_mlerp(
       ``([B, N - r, C], [B, N - r, 1])``.
     """
     if norm not in ("max", "weighted_mean"):
-        raise ValueError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
+        raise UserError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
     size = _check_inputs(x, size, m)
     xa, sa, xb, sb, src_x, src_s, count, weighted, new_size = _merge_parts(x, size, m)
     avg = weighted / new_size
-    nb, ns = jnp.linalg.norm(xb, axis=-1, keepdims=True), jnp.linalg.norm(src_x, axis=-1, keepdims=True)
+    nb, ns = safe_norm(xb), safe_norm(src_x)
     if norm == "max":
         target = _scatter(nb, m.dst_idx, ns, "max")
     else:
         target = _scatter(nb * sb, m.dst_idx, ns * src_s, "add") / new_size
-    avg_norm = jnp.linalg.norm(avg, axis=-1, keepdims=True)
+    avg_norm = safe_norm(avg)
     mlerp = avg * (target / jnp.maximum(avg_norm, _EPS))
     merged_b = jnp.where(count > 0, mlerp, xb)
     x_out = join(gather_tokens(xa, m.unm_idx), merged_b, m.protected)
@@ -131,7 +144,7 @@ def importance_keep_indices(scores: jax.Array, r: int, *, protected: int = 1) ->
     _check_rank("scores", scores, 2, "[B, N]")
     n = scores.shape[1]
     if not isinstance(r, int) or not 0 <= r <= n - protected - 1:
-        raise ValueError(
+        raise UserError(
             f"r={r} out of range: importance pruning of {n} tokens with {protected} protected "
             f"can drop 0..{n - protected - 1}"
         )
@@ -154,7 +167,7 @@ def prune_importance(
     """
     _check_rank("x", x, 3, "[B, N, C]")
     if scores.shape != x.shape[:2]:
-        raise ValueError(f"scores must have shape {x.shape[:2]} ([B, N]), got {scores.shape}")
+        raise UserError(f"scores must have shape {x.shape[:2]} ([B, N]), got {scores.shape}")
     if size is None:
         size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
     keep = importance_keep_indices(scores, r, protected=protected)
@@ -173,7 +186,7 @@ def unmerge(y: jax.Array, m: Matching, num_tokens: int) -> jax.Array:
     n_unm = m.unm_idx.shape[1]
     na, nb = (num_tokens + 1) // 2, num_tokens // 2
     if y.shape[1] != n_unm + nb:
-        raise ValueError(f"y has {y.shape[1]} tokens, the matching produces {n_unm + nb}")
+        raise UserError(f"y has {y.shape[1]} tokens, the matching produces {n_unm + nb}")
     if m.protected >= 2:
         unm = jnp.concatenate([y[:, :1], y[:, 2 : n_unm + 1]], axis=1)
         b = jnp.concatenate([y[:, 1:2], y[:, n_unm + 1 :]], axis=1)
@@ -267,12 +280,12 @@ def importance_matching(metric: jax.Array, scores: jax.Array, r: int, protected:
     _check_rank("scores", scores, 2, "[B, N]")
     b, n = metric.shape[:2]
     if scores.shape != (b, n):
-        raise ValueError(f"scores must have shape {(b, n)} ([B, N]), got {tuple(scores.shape)}")
+        raise UserError(f"scores must have shape {(b, n)} ([B, N]), got {tuple(scores.shape)}")
     if protected not in (0, 1, 2):
-        raise ValueError(f"protected must be 0, 1 or 2, got {protected}")
+        raise UserError(f"protected must be 0, 1 or 2, got {protected}")
     limit = max_importance_reduction(n, protected)
     if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= limit:
-        raise ValueError(
+        raise UserError(
             f"r={r} out of range: importance-guided reduction of {n} tokens with {protected} protected "
             f"can remove 0..{limit}"
         )
@@ -282,7 +295,7 @@ def importance_matching(metric: jax.Array, scores: jax.Array, r: int, protected:
     keep_idx = jnp.sort(order[:, : n - r], axis=-1)
     src_idx = jnp.sort(order[:, n - r :], axis=-1)
     unit = metric.astype(jnp.float32)
-    unit = unit / jnp.maximum(jnp.linalg.norm(unit, axis=-1, keepdims=True), _EPS)
+    unit = unit / jnp.maximum(safe_norm(unit), _EPS)
     sim = jnp.einsum("bic,bjc->bij", gather_tokens(unit, src_idx), gather_tokens(unit, keep_idx))
     if protected:  # kept positions 0..protected-1 are the protected tokens (keep_idx is ascending)
         sim = sim.at[:, :, :protected].set(-jnp.inf)
@@ -295,10 +308,10 @@ def _check_plan(x: jax.Array, size: jax.Array | None, plan: ImportancePlan) -> j
     if size is None:
         size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
     if size.shape != x.shape[:2] + (1,):
-        raise ValueError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
+        raise UserError(f"size must have shape {x.shape[:2] + (1,)} ([B, N, 1]), got {size.shape}")
     covered = plan.keep_idx.shape[1] + plan.src_idx.shape[1]
     if plan.keep_idx.shape[0] != x.shape[0] or covered != x.shape[1]:
-        raise ValueError(
+        raise UserError(
             f"plan covers batch {plan.keep_idx.shape[0]} x {covered} tokens, x has {tuple(x.shape[:2])}"
         )
     return size
@@ -338,11 +351,11 @@ def merge_importance(
       ``([B, N - r, C], [B, N - r, 1])`` in original order (protected tokens first).
     """
     if rule not in ("mlerp", "avg"):
-        raise ValueError(f"rule must be 'mlerp' or 'avg', got {rule!r}")
+        raise UserError(f"rule must be 'mlerp' or 'avg', got {rule!r}")
     if weights not in ("size", "importance"):
-        raise ValueError(f"weights must be 'size' or 'importance', got {weights!r}")
+        raise UserError(f"weights must be 'size' or 'importance', got {weights!r}")
     if norm not in ("max", "weighted_mean"):
-        raise ValueError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
+        raise UserError(f"norm must be 'max' or 'weighted_mean', got {norm!r}")
     size = _check_plan(x, size, plan)
     xf, sf = x.astype(jnp.float32), size.astype(jnp.float32)
     w = sf if weights == "size" else sf * jnp.maximum(plan.scores.astype(jnp.float32), _EPS)[..., None]
@@ -354,13 +367,13 @@ def merge_importance(
     count = _scatter(jnp.zeros_like(keep_w), plan.dst_idx, jnp.ones_like(src_w), "add")
     merged = _scatter(keep_x * keep_w, plan.dst_idx, src_x * src_w, "add") / w_sum
     if rule == "mlerp":
-        nk = jnp.linalg.norm(keep_x, axis=-1, keepdims=True)
-        ns = jnp.linalg.norm(src_x, axis=-1, keepdims=True)
+        nk = safe_norm(keep_x)
+        ns = safe_norm(src_x)
         if norm == "max":
             target = _scatter(nk, plan.dst_idx, ns, "max")
         else:
             target = _scatter(nk * keep_w, plan.dst_idx, ns * src_w, "add") / w_sum
-        merged = merged * (target / jnp.maximum(jnp.linalg.norm(merged, axis=-1, keepdims=True), _EPS))
+        merged = merged * (target / jnp.maximum(safe_norm(merged), _EPS))
     x_out = jnp.where(count > 0, merged, keep_x)
     return x_out.astype(x.dtype), new_size
 

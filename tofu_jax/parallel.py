@@ -37,6 +37,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tofu_jax.errors import UserError
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
 from tofu_jax.train import train_step_fn
@@ -120,7 +121,7 @@ def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
     devices = list(jax.devices() if devices is None else devices)
     n = len(devices)
     if fsdp < 1 or n % fsdp:
-        raise ValueError(f"fsdp={fsdp} must be a positive divisor of the device count {n}")
+        raise UserError(f"fsdp={fsdp} must be a positive divisor of the device count {n}")
     return jax.make_mesh((n // fsdp, fsdp), BATCH_AXES, (AxisType.Auto, AxisType.Auto), devices=devices)
 
 
@@ -255,7 +256,7 @@ def shard_batch(
     else:
         mask = np.asarray(valid_mask, bool)
     if len(labels) != b or len(mask) != b:
-        raise ValueError(f"batch sizes differ: images {b}, labels {len(labels)}, mask {len(mask)}")
+        raise UserError(f"batch sizes differ: images {b}, labels {len(labels)}, mask {len(mask)}")
     pad = -b % _local_batch_devices(mesh)
     if pad:
         images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
@@ -341,7 +342,7 @@ def evaluate_accuracy(
     if bad:
         raise FloatingPointError(f"model produced NaN/Inf logits for {bad} examples")
     if n == 0:
-        raise ValueError("no examples to evaluate")
+        raise UserError("no examples to evaluate")
     out = {"top1": top1 / n, "top5": top5 / n, "n": n}
     if return_logits:
         out["logits"] = np.concatenate(kept) if kept else np.zeros((0, config.num_classes), np.float32)

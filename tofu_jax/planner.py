@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViTConfig
@@ -38,13 +39,13 @@ IMPORTANCE_VARIANT = {
 def with_selection(ops: Sequence[str], selection: str) -> list[str]:
     """Map ops to their importance-guided variants (``selection="importance"``) or keep them."""
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise UserError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if selection == "redundancy":
         return list(ops)
     return [IMPORTANCE_VARIANT.get(op, op) for op in ops]
 
 
-class BudgetError(ValueError):
+class BudgetError(UserError):
     """A budget that no schedule of the requested kind can meet."""
 
 
@@ -79,7 +80,7 @@ def choose_ops(
         ops = [merge_op if ok else prune_op for ok in merge_ok]
         return ops, {"threshold": tau, "metric": metric}
     if mode != "split":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     margin = np.abs(np.log(np.maximum(values, 1e-12)) - np.log(tau))
     costs = []
     for k in range(len(values) + 1):
@@ -130,7 +131,7 @@ def allocate(
       budget: fraction of FLOPs to remove, in (0, 1); or give ``target_gflops`` instead.
     """
     if len(ops) != config.depth:
-        raise ValueError(f"got {len(ops)} ops for a model of depth {config.depth}")
+        raise UserError(f"got {len(ops)} ops for a model of depth {config.depth}")
     base = model_flops(config).total
     check_budget(budget, target_gflops)
     if budget is not None:
@@ -208,16 +209,16 @@ def plan(
     attention) instead of redundancy; in search mode both selections are candidates regardless.
     """
     if len(profile.blocks) != config.depth:
-        raise ValueError(f"profile has {len(profile.blocks)} blocks, the model has depth {config.depth}")
+        raise UserError(f"profile has {len(profile.blocks)} blocks, the model has depth {config.depth}")
     check_budget(budget, target_gflops)
     alloc = lambda ops: allocate(config, ops, budget, target_gflops=target_gflops, **options)
     if mode in ("per_block", "split"):
         ops, info = choose_ops(profile, mode, metric=metric)
         return Plan(alloc(with_selection(ops, selection)), mode, info | {"selection": selection})
     if mode != "search":
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise UserError(f"mode must be one of {MODES}, got {mode!r}")
     if score is None:
-        raise ValueError("mode='search' needs a score function (held-out calibration accuracy)")
+        raise UserError("mode='search' needs a score function (held-out calibration accuracy)")
     per_ops, per_info = choose_ops(profile, "per_block", metric=metric)
     split_ops, split_info = choose_ops(profile, "split", metric=metric)
     k = split_info["split"]

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax.errors import UserError
 from tofu_jax.linearity import DEFAULT_ALPHAS, interpolation_errors
 from tofu_jax.matching import bipartite_soft_matching, gather_tokens, max_reduction, split_ab
 from tofu_jax.models.vit import MlpBranch, ViT, ViTConfig
@@ -69,19 +71,45 @@ class Profile:
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
+        """Read a profile JSON written by :meth:`save`; any malformed field is a :class:`UserError`."""
         try:
             d = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read profile {path}: {e}") from None
-        if d.get("version") != PROFILE_VERSION:
-            raise ValueError(f"unsupported profile version {d.get('version')!r} in {path}")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read profile {path}: {e}") from None
+        if not isinstance(d, dict) or d.get("version") != PROFILE_VERSION:
+            version = d.get("version") if isinstance(d, dict) else None
+            raise UserError(f"{path} is not a profile (version {version!r}, expected {PROFILE_VERSION})")
+        names = [f.name for f in dataclasses.fields(BlockProfile)]
+        blocks = d.get("blocks")
+        if not isinstance(blocks, list) or not blocks:
+            raise UserError(f"profile {path}: 'blocks' must be a non-empty list")
+        parsed = []
+        for i, b in enumerate(blocks):
+            if not isinstance(b, dict) or sorted(b) != sorted(names):
+                raise UserError(f"profile {path}: block {i} must be an object with fields {', '.join(names)}")
+            bad = [k for k in names if not _finite_number(b[k])]
+            if bad:
+                raise UserError(f"profile {path}: block {i} has non-numeric or non-finite {', '.join(bad)}")
+            parsed.append(BlockProfile(**b))
+        for key, kind in (("config", dict), ("num_images", int), ("r_profile", int), ("alphas", list)):
+            if not isinstance(d.get(key), kind):
+                raise UserError(f"profile {path}: field {key!r} must be a {kind.__name__}")
         return cls(
             config=d["config"],
             num_images=d["num_images"],
             r_profile=d["r_profile"],
             alphas=tuple(d["alphas"]),
-            blocks=tuple(BlockProfile(**b) for b in d["blocks"]),
+            blocks=tuple(parsed),
         )
+
+    def check_depth(self, depth: int) -> None:
+        """Raise :class:`UserError` unless the profile has one entry per block of a ``depth``-block model."""
+        if len(self.blocks) != depth:
+            raise UserError(f"the profile has {len(self.blocks)} blocks but the model has {depth}")
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _pairs(x, metric, r, protected, rng):
@@ -119,11 +147,11 @@ def profile_model(
       r_profile: matched pairs per image per block; default ``N // 8`` (the scale of typical r).
     """
     if len(images) == 0:
-        raise ValueError("profiling needs at least one calibration image")
+        raise UserError("profiling needs at least one calibration image")
     n, protected = config.num_tokens, config.num_prefix
     r_profile = r_profile if r_profile is not None else max(1, n // 8)
     if not 1 <= r_profile <= max_reduction(n, protected):
-        raise ValueError(f"r_profile={r_profile} out of range 1..{max_reduction(n, protected)}")
+        raise UserError(f"r_profile={r_profile} out of range 1..{max_reduction(n, protected)}")
     model = ViT(config)
     branch = MlpBranch(config)
 

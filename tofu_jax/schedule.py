@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from tofu_jax.errors import UserError
 from tofu_jax.matching import max_reduction
 
 Op = Literal[
@@ -30,7 +31,7 @@ IMPORTANCE_MERGE_OPS = ("merge_importance_mlerp", "merge_importance_avg")
 SCHEDULE_VERSION = 1
 
 
-class ScheduleError(ValueError):
+class ScheduleError(UserError):
     """A schedule that cannot run on the given model (wrong length, unknown op, too many tokens)."""
 
 
@@ -163,9 +164,11 @@ class Schedule:
                 blocks.append(BlockReduction(op=b.get("op", "none"), r=b.get("r", 0)))
             except ScheduleError as e:
                 raise ScheduleError(f"block {i}: {e}") from None
+        if not isinstance(d.get("prop_attn", True), bool):
+            raise ScheduleError(f"schedule field 'prop_attn' must be true or false, got {d['prop_attn']!r}")
         return cls(
             blocks=tuple(blocks),
-            prop_attn=bool(d.get("prop_attn", True)),
+            prop_attn=d.get("prop_attn", True),
             mlerp_norm=d.get("mlerp_norm", "max"),
             metric=d.get("metric", "keys"),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from tofu_jax.errors import UserError
 from tofu_jax.matching import _check_rank
 
 
@@ -44,5 +45,5 @@ def gradient_saliency(tokens: jax.Array, grads: jax.Array) -> jax.Array:
     """
     _check_rank("tokens", tokens, 3, "[B, N, C]")
     if grads.shape != tokens.shape:
-        raise ValueError(f"grads shape {grads.shape} differs from tokens shape {tokens.shape}")
+        raise UserError(f"grads shape {grads.shape} differs from tokens shape {tokens.shape}")
     return jnp.abs(jnp.sum(tokens.astype(jnp.float32) * grads.astype(jnp.float32), axis=-1))

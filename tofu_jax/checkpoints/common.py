@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax.errors import UserError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(UserError):
     """A checkpoint that does not fit the model: lists every problem at once."""
 
 
@@ -67,6 +69,14 @@ def strict_merge(
                 lines.append(f"  {len(items)} {title} key(s):")
                 lines.extend(f"    {item}" for item in items)
         raise CheckpointError("\n".join(lines))
+    not_float = sorted(
+        f"{k} ({np.asarray(v).dtype})" for k, v in loaded.items() if np.asarray(v).dtype.kind not in "fV"
+    )
+    if not_float:
+        raise CheckpointError(
+            f"{source} holds non-floating-point parameters: {', '.join(not_float)}; model parameters "
+            "must be float16/bfloat16/float32/float64"
+        )
     out = {}
     bad = []
     for k, v in loaded.items():
@@ -97,14 +107,32 @@ def resample_posemb(posemb: np.ndarray, num_prefix: int, new_grid: int) -> np.nd
 
 
 def npz_load(path: str | Path) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` without pickle."""
+    """Read every array of an ``.npz`` without pickle; damage of any kind is a :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} not found" if not path.exists() else f"{path} is not a file"
+        )
     try:
         with np.load(path, allow_pickle=False) as f:
+            if not hasattr(f, "files"):
+                raise CheckpointError(
+                    f"{path} holds a single .npy array, not an .npz archive of named arrays"
+                )
             return {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint {path} not found") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"cannot read {path} as an .npz archive: {e}") from None
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise CheckpointError(
+                f"{path} holds pickled Python objects; tofu_jax reads checkpoints without pickle, so "
+                "re-save it with numeric arrays only"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is damaged or not an .npz archive: {e}") from None
+    except Exception as e:  # zipfile, zlib, npy-header and EOF errors all mean a damaged file
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {e}); re-download or re-save it"
+        ) from None
 
 
 def npz_save(path: str | Path, flat: Mapping[str, Any]) -> None:

@@ -51,7 +51,7 @@ def adapt(
     """Resample the position embedding, optionally re-initialise the head, then merge strictly."""
     expected = model_shapes(config)
     flat = dict(flat)
-    if POS_KEY in flat and POS_KEY in expected:
+    if POS_KEY in flat and POS_KEY in expected and np.ndim(flat[POS_KEY]) == 3:
         want = expected[POS_KEY].shape[1]
         if flat[POS_KEY].shape[1] != want:
             flat[POS_KEY] = resample_posemb(flat[POS_KEY], config.num_prefix, config.grid)

@@ -113,7 +113,9 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
         state = dict(load_file(str(path)))
     except SafetensorError as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (damaged or truncated?): {e}"
+        ) from None
     except TypeError:
         # NumPy has no bfloat16: safetensors.numpy refuses BF16 tensors. Parse the (simple) format
         # directly with ml_dtypes' bfloat16 (a JAX dependency) and widen to float32.
@@ -126,23 +128,27 @@ def _read_safetensors_raw(path: Path) -> dict[str, np.ndarray]:
     import ml_dtypes
 
     data = path.read_bytes()
+    out = {}
     try:
         n = int.from_bytes(data[:8], "little")
         header = json.loads(data[8 : 8 + n])
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {path} as safetensors: {e}") from None
-    body = memoryview(data)[8 + n :]
-    out = {}
-    for key, info in header.items():
-        if key == "__metadata__":
-            continue
-        name = _SAFETENSORS_DTYPES.get(info["dtype"])
-        if name is None:
-            raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
-        dtype = ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
-        start, end = info["data_offsets"]
-        arr = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
-        out[key] = arr.astype(np.float32) if name == "bfloat16" else arr.copy()
+        body = memoryview(data)[8 + n :]
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            name = _SAFETENSORS_DTYPES.get(info["dtype"])
+            if name is None:
+                raise CheckpointError(f"{path}: tensor {key} has unsupported dtype {info['dtype']}")
+            dtype = ml_dtypes.bfloat16 if name == "bfloat16" else np.dtype(name)
+            start, end = info["data_offsets"]
+            arr = np.frombuffer(body[start:end], dtype=dtype).reshape(info["shape"])
+            out[key] = arr.astype(np.float32) if name == "bfloat16" else arr.copy()
+    except CheckpointError:
+        raise
+    except Exception as e:  # bad header JSON, offsets past the end, wrong sizes: a damaged file
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file (damaged or truncated?): {type(e).__name__}: {e}"
+        ) from None
     return out
 
 
@@ -413,7 +419,12 @@ def _apply(
             if name in out:
                 clashes.append(f"{name} <- {origin[name]} and {key}")
                 continue
-            out[name] = np.asarray(f(np.asarray(value), num_heads))
+            try:
+                out[name] = np.asarray(f(np.asarray(value), num_heads))
+            except (ValueError, IndexError) as e:
+                raise CheckpointError(
+                    f"{source}: {key} has shape {np.shape(value)}, which does not fit {name}: {e}"
+                ) from None
             origin[name] = key
     if clashes:
         raise CheckpointError(f"{source}: several keys map to one parameter:\n  " + "\n  ".join(clashes))

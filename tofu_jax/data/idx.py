@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tofu_jax.errors import UserError
+
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -24,7 +26,7 @@ CLASS_NAMES = (
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """Missing, corrupt or truncated data files."""
 
 

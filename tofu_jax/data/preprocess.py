@@ -6,6 +6,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from tofu_jax.errors import UserError
+
 
 def to_model_range(images: np.ndarray) -> np.ndarray:
     """``uint8 [..., H, W, C]`` -> ``float32`` in [-1, 1] (Google ViT convention)."""
@@ -28,7 +30,7 @@ def resize_nearest_area(images: np.ndarray, size: int) -> np.ndarray:
     if size % h == 0:
         f = size // h
         return images.repeat(f, axis=1).repeat(f, axis=2)
-    raise ValueError(f"cannot resize {h}x{h} images to {size}x{size} (need an integer factor)")
+    raise UserError(f"cannot resize {h}x{h} images to {size}x{size} (need an integer factor)")
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 2, flip: bool = True) -> np.ndarray:

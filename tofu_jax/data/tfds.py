@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from tofu_jax.data.idx import DataError
+from tofu_jax.errors import UserError
 
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 IMAGENET_SCALE = (0.08, 1.0)
@@ -278,7 +279,7 @@ def _finish(x: np.ndarray, channels: int | None) -> np.ndarray:
         return np.repeat(x, 3, axis=-1)
     if channels == 1 and c == 3:
         return (x @ _LUMA)[..., None]
-    raise ValueError(f"channels must be None, 1 or 3, got {channels}")
+    raise UserError(f"channels must be None, 1 or 3, got {channels}")
 
 
 def eval_box(h: int, w: int, image_size: int, crop_fraction: float = 0.875) -> tuple[float, ...]:
@@ -289,7 +290,7 @@ def eval_box(h: int, w: int, image_size: int, crop_fraction: float = 0.875) -> t
     resampling pass does both steps.
     """
     if not 0.0 < crop_fraction <= 1.0:
-        raise ValueError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+        raise UserError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
     target = max(int(image_size / crop_fraction + 1e-6), image_size)
     if h <= w:
         rh, rw = target, max(int(w * target / h), image_size)
@@ -384,7 +385,7 @@ def shard_indices(
     process; the slices (sizes differ by at most one) are disjoint and together cover ``range(n)``.
     """
     if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+        raise UserError(f"process_index {process_index} not in [0, {process_count})")
     order = (
         np.random.default_rng([shuffle_seed, epoch]).permutation(n)
         if shuffle_seed is not None
@@ -464,10 +465,10 @@ def batches(
     """
     if isinstance(source, str):
         if split is None:
-            raise ValueError("split is required when source is a dataset name")
+            raise UserError("split is required when source is a dataset name")
         source, _ = open_split(source, split, data_dir, image_key=image_key, label_key=label_key)
     if batch_size <= 0 or image_size <= 0:
-        raise ValueError(f"batch_size and image_size must be positive, got {batch_size}, {image_size}")
+        raise UserError(f"batch_size and image_size must be positive, got {batch_size}, {image_size}")
     shuffle = train if shuffle is None else shuffle
     n = len(source)
     indices = shard_indices(

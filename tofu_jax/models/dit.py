@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax.blocks import REDUCER_OPS, ToFuAttention, TokenReducer
+from tofu_jax.errors import UserError
 from tofu_jax.matching import max_reduction
 from tofu_jax.schedule import Schedule, ScheduleError
 from tofu_jax.schedule import none as no_reduction
@@ -55,13 +56,11 @@ class DiTConfig:
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+            raise UserError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.width % 4:
-            raise ValueError(f"width {self.width} must be a multiple of 4 (2-D sin-cos position embedding)")
+            raise UserError(f"width {self.width} must be a multiple of 4 (2-D sin-cos position embedding)")
 
     @property
     def grid(self) -> int:
@@ -89,7 +88,7 @@ class DiTConfig:
     def from_dict(cls, d: dict) -> DiTConfig:
         extra = set(d) - {f.name for f in dataclasses.fields(cls)}
         if extra:
-            raise ValueError(f"unknown DiTConfig fields: {sorted(extra)}")
+            raise UserError(f"unknown DiTConfig fields: {sorted(extra)}")
         return cls(**d)
 
 
@@ -212,7 +211,7 @@ class DiT(nn.Module):
         schedule = schedule if schedule is not None else no_reduction(cfg.depth)
         validate_schedule(schedule, cfg)
         if x.ndim != 4 or x.shape[1:] != (cfg.image_size, cfg.image_size, cfg.channels):
-            raise ValueError(
+            raise UserError(
                 f"x must have shape [B, {cfg.image_size}, {cfg.image_size}, {cfg.channels}], "
                 f"got {tuple(x.shape)}"
             )
@@ -285,7 +284,7 @@ class Diffusion:
     def sample_timesteps(self, steps: int) -> np.ndarray:
         """``steps`` evenly spaced timesteps, descending from ``T - 1`` (DDIM's "uniform" spacing)."""
         if not 1 <= steps <= self.num_timesteps:
-            raise ValueError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
+            raise UserError(f"steps must be in 1..{self.num_timesteps}, got {steps}")
         return np.round(np.linspace(self.num_timesteps - 1, 0, steps)).astype(np.int32)
 
 
@@ -318,7 +317,7 @@ def make_sampler(model: DiT, diffusion: Diffusion, steps: int, *, eta: float = 0
     @functools.partial(jax.jit, static_argnames=("schedule",))
     def sample(params, noise, labels, key=None, schedule: Schedule | None = None):
         if eta > 0 and key is None:
-            raise ValueError("eta > 0 needs a PRNG key")
+            raise UserError("eta > 0 needs a PRNG key")
         keys = jax.random.split(key, steps) if key is not None else jnp.zeros((steps, 2), jnp.uint32)
 
         def eps_fn(x, t):

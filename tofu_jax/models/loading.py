@@ -1,4 +1,11 @@
-"""Build (config, params) from a checkpoint file plus a model description."""
+"""Build ``(config, params)`` from a checkpoint file plus a model description.
+
+Numerics that the weights cannot show (the GELU form and the LayerNorm epsilon) come from the
+checkpoint's format unless the model description or an override states them: Google/big_vision
+checkpoints use tanh GELU and eps 1e-6, timm uses exact GELU and eps 1e-6, Hugging Face uses what its
+``config.json`` says (``hidden_act``, ``layer_norm_eps``; exact GELU and 1e-12 when absent, its
+library defaults). A preset such as ``B/16`` states only the architecture's shape.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +13,84 @@ import json
 from pathlib import Path
 
 from tofu_jax.assets import BUNDLED_CHECKPOINT, bundled_card
-from tofu_jax.checkpoints.load import load_params
+from tofu_jax.checkpoints import google, torch_formats
+from tofu_jax.checkpoints.common import CheckpointError
+from tofu_jax.checkpoints.load import FORMATS, adapt
+from tofu_jax.errors import ConfigError
 from tofu_jax.models.vit import ViTConfig, preset
 
+NUMERIC_FIELDS = ("gelu_approximate", "layernorm_eps")
+_HF_GELU = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True}
 
-def resolve_config(model: str | None, **overrides) -> ViTConfig:
-    """``model``: None (bundled card), a JSON file (card with ``config`` or a config dict) or a
-    preset like ``B/16``. ``overrides`` (None values ignored) replace config fields."""
-    overrides = {k: v for k, v in overrides.items() if v is not None}
+
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read {what} {path}: {e}") from None
+
+
+def _described_fields(model: str | None) -> tuple[dict, set[str]]:
+    """``(config fields, the fields stated explicitly)`` for a model description."""
     if model is None:
-        return ViTConfig.from_dict(bundled_card()["config"]).replace(**overrides)
+        fields = bundled_card()["config"]
+        return dict(fields), set(fields)
     path = Path(model)
     if path.suffix == ".json" or path.exists():
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"cannot read model config {model}: {e}") from None
-        return ViTConfig.from_dict(d.get("config", d)).replace(**overrides)
-    return preset(model, **overrides)
+        d = _read_json(path, "model config")
+        fields = d.get("config", d) if isinstance(d, dict) else d
+        if not isinstance(fields, dict):
+            raise ConfigError(
+                f"model config {path} must be a JSON object (a config, or a card with 'config')"
+            )
+        return dict(fields), set(fields)
+    return preset(model).to_dict(), set()
+
+
+def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
+    """GELU form and LayerNorm epsilon that a checkpoint of format ``fmt`` was trained with."""
+    if fmt == "google":
+        return {"gelu_approximate": True, "layernorm_eps": 1e-6}
+    if fmt == "timm":
+        return {"gelu_approximate": False, "layernorm_eps": 1e-6}
+    if fmt != "hf":
+        raise ConfigError(f"unknown checkpoint format {fmt!r}; choose from google, timm, hf")
+    numerics = {"gelu_approximate": False, "layernorm_eps": 1e-12}
+    path = Path(checkpoint) if checkpoint is not None else None
+    cfg_path = None if path is None else (path if path.is_dir() else path.parent) / "config.json"
+    if cfg_path is not None and cfg_path.is_file():
+        cfg = _read_json(cfg_path, "Hugging Face config")
+        act = cfg.get("hidden_act", "gelu") if isinstance(cfg, dict) else None
+        if act not in _HF_GELU:
+            raise ConfigError(
+                f"{cfg_path}: hidden_act {act!r} is not supported; supported: {sorted(_HF_GELU)}"
+            )
+        numerics["gelu_approximate"] = _HF_GELU[act]
+        eps = cfg.get("layer_norm_eps", 1e-12)
+        if isinstance(eps, int | float) and not isinstance(eps, bool):
+            numerics["layernorm_eps"] = float(eps)
+    return numerics
+
+
+def resolve_config(model: str | None, *, fmt: str | None = None, checkpoint=None, **overrides) -> ViTConfig:
+    """The config for a model description.
+
+    Args:
+      model: None (the bundled card), a JSON file (a card with ``config`` or a config dict) or a
+        preset like ``B/16``.
+      fmt: the checkpoint's format (``google``, ``timm``, ``hf``); fills in the GELU form and LayerNorm
+        epsilon that ``model`` does not state.
+      checkpoint: the checkpoint path (Hugging Face: its ``config.json`` is read from beside it).
+      overrides: config fields to replace (None values ignored).
+    """
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    fields, stated = _described_fields(model)
+    if fmt is not None:
+        for key, value in format_numerics(fmt, checkpoint).items():
+            if key not in stated:
+                fields[key] = value
+    fields.update(overrides)
+    return ViTConfig.from_dict(fields)
 
 
 def load_model(
@@ -34,7 +101,26 @@ def load_model(
     reset_head: bool = False,
     **overrides,
 ) -> tuple[ViTConfig, dict]:
-    """``(config, params)``; with no arguments, the bundled Fashion-MNIST model."""
-    config = resolve_config(model, **overrides)
-    path = checkpoint if checkpoint is not None else BUNDLED_CHECKPOINT
-    return config, load_params(path, config, fmt=fmt, reset_head=reset_head)
+    """``(config, params)``; with no arguments, the bundled Fashion-MNIST model.
+
+    ``fmt="auto"`` reads ``.npz`` as Google and anything else as timm / Hugging Face, told apart by
+    the key names.
+    """
+    if fmt not in FORMATS:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose from {', '.join(FORMATS)}")
+    path = Path(checkpoint) if checkpoint is not None else BUNDLED_CHECKPOINT
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} not found")
+    if fmt == "google" or (fmt == "auto" and path.suffix == ".npz"):
+        flat = google.read_npz(path)
+        config = resolve_config(model, fmt="google", checkpoint=path, **overrides)
+    else:
+        state = torch_formats.load_state_dict(path)
+        layout = torch_formats.detect(state) if fmt == "auto" else fmt
+        if layout is None:
+            sample = ", ".join(sorted(state)[:8])
+            raise CheckpointError(f"{path}: cannot recognise the layout (neither timm nor Hugging Face ViT); "
+                                  f"keys start with: {sample}")  # fmt: skip
+        config = resolve_config(model, fmt=layout, checkpoint=path, **overrides)
+        flat = torch_formats.convert(state, layout, config, source=str(path))
+    return config, adapt(flat, config, reset_head=reset_head, source=str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -18,12 +19,27 @@ import jax
 import jax.numpy as jnp
 
 from tofu_jax import merging
+from tofu_jax.errors import ConfigError, InputError
 from tofu_jax.matching import bipartite_soft_matching
 from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, IMPORTANCE_OPS, MATCHING_OPS, Schedule
 from tofu_jax.schedule import none as no_reduction
 from tofu_jax.scoring import cls_attention, key_norm
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+_BOOL_FIELDS = ("cls_token", "distilled", "fc_norm", "gelu_approximate")
+_POSITIVE_INT_FIELDS = (
+    "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
+)  # fmt: skip
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,20 +65,46 @@ class ViTConfig:
     dtype: str = "float32"  # compute dtype; parameters stay float32
 
     def __post_init__(self):
+        self._check_types()
         if self.image_size % self.patch_size:
-            raise ValueError(
+            raise ConfigError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
         if self.width % self.num_heads:
-            raise ValueError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
         if self.classifier not in ("token", "gap"):
-            raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+            raise ConfigError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
         if self.classifier == "token" and not self.cls_token:
-            raise ValueError("classifier='token' needs cls_token=True")
+            raise ConfigError("classifier='token' needs cls_token=True")
         if self.distilled and not self.cls_token:
-            raise ValueError("a distillation token needs a CLS token")
+            raise ConfigError("a distillation token needs a CLS token")
         if self.dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+            raise ConfigError(f"dtype must be one of {sorted(_DTYPES)}, got {self.dtype!r}")
+
+    def _check_types(self):
+        def fail(name, what):
+            value = getattr(self, name)
+            raise ConfigError(
+                f"model config field {name!r} must be {what}, got {value!r} ({type(value).__name__})"
+            )
+
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in _BOOL_FIELDS and not isinstance(v, bool):
+                fail(f.name, "true or false")
+            if f.name in _POSITIVE_INT_FIELDS and (not _is_int(v) or v < 1):
+                fail(f.name, "a positive integer")
+        if self.representation_size is not None and (
+            not _is_int(self.representation_size) or self.representation_size < 1
+        ):
+            fail("representation_size", "a positive integer or null")
+        if not _is_real(self.layernorm_eps) or not 0 < self.layernorm_eps < 1:
+            fail("layernorm_eps", "a number in (0, 1)")
+        if not _is_real(self.dropout_rate) or not 0 <= self.dropout_rate < 1:
+            fail("dropout_rate", "a number in [0, 1)")
+        for name in ("classifier", "dtype"):
+            if not isinstance(getattr(self, name), str):
+                fail(name, "a string")
 
     @property
     def grid(self) -> int:
@@ -93,10 +135,12 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ViTConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"a model config must be a JSON object of fields, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         extra = set(d) - names
         if extra:
-            raise ValueError(f"unknown ViTConfig fields: {sorted(extra)}")
+            raise ConfigError(f"unknown ViTConfig fields: {sorted(extra)}")
         return cls(**d)
 
 
@@ -119,7 +163,7 @@ def preset(name: str, **overrides) -> ViTConfig:
         if patch not in (14, 16, 32):
             raise KeyError(patch)
     except (ValueError, KeyError):
-        raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
+        raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
     fields = dict(width=width, depth=depth, mlp_dim=mlp, num_heads=heads, patch_size=patch)
     fields.update(overrides)
     return ViTConfig(**fields)
@@ -313,9 +357,14 @@ class ViT(nn.Module):
     def setup_check(self, images, schedule):
         c = self.config
         if images.ndim != 4 or images.shape[1:] != (c.image_size, c.image_size, c.channels):
-            raise ValueError(
+            raise InputError(
                 f"images must have shape [B, {c.image_size}, {c.image_size}, {c.channels}] for this "
                 f"model, got {tuple(images.shape)}"
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise InputError(
+                f"images must be floating point, already normalised (e.g. [-1, 1]), got {images.dtype}; "
+                "for 0..255 pixels use images / 127.5 - 1"
             )
         schedule.validate(c.depth, c.num_tokens, c.num_prefix)
 
