@@ -85,7 +85,7 @@ def test_profile_and_plan_commands(assets, tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra,needle",
     [
-        (["--budget", "1.5"], "budget must be"),
+        (["--budget", "1.5"], "argument --budget: expected a number in [0, 1), got 1.5"),
         (["--checkpoint", "/nonexistent.npz"], "not found"),
         (["--image-size", "30"], "image_size 30 is not a multiple of patch_size 7"),
         (["--num-classes", "5"], "different class count? pass reset_head"),
@@ -144,7 +144,7 @@ def test_finetune_trains_resumes_and_evaluates(assets, tmp_path, capsys):
 def test_finetune_rejects_negative_crop_padding(assets, tmp_path, capsys):
     argv = ["finetune", *_common(assets), "--budget", "0.25", "--steps", "2", "--crop-pad", "-1"]
     assert main([*argv, "--out-dir", str(tmp_path / "ft")]) == 2
-    assert "crop padding must be >= 0" in capsys.readouterr().err
+    assert "argument --crop-pad: expected an integer >= 0, got -1" in capsys.readouterr().err
 
 
 def test_visualize_draws_groups_and_schedule(assets, tmp_path):

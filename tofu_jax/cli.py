@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tofu_jax.data.preprocess import renormalize
 from tofu_jax.errors import UserError
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -99,6 +100,11 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     g.add_argument(
+        "--input-norm", choices=["inception", "imagenet", "clip"],
+        help="pixel normalisation the model expects: inception = [-1, 1], imagenet/clip = their mean/std "
+        "(default: from the card / checkpoint; timm checkpoints need it)",
+    )  # fmt: skip
+    g.add_argument(
         "--gelu", choices=["tanh", "exact"],
         help="override the GELU form (default: from the checkpoint's format: Google tanh, timm/HF exact)",
     )  # fmt: skip
@@ -132,11 +138,27 @@ def _load_model(args):
         dtype=args.dtype,
         gelu_approximate=None if args.gelu is None else args.gelu == "tanh",
         layernorm_eps=args.layernorm_eps,
+        input_norm=args.input_norm,
     )
 
 
 def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
-    """``(images float32 [N, H, W, C] in [-1, 1], labels int32 [N])``; deterministic subsample."""
+    """``(images float32 [N, H, W, C], labels int32 [N])``, normalised for the model; seeded subsample."""
+    if config.input_norm is None:
+        raise UserError(
+            f"cannot tell how {args.checkpoint or 'this model'} expects its pixels normalised (timm "
+            "checkpoints do not record it): pass --input-norm inception ([-1, 1]: AugReg/Google ViTs), "
+            "imagenet (DeiT and timm models with ImageNet mean/std) or clip"
+        )
+    images, labels = _read_split(args, config, split)
+    if limit:
+        order = np.random.default_rng(args.seed + (split == "train")).permutation(len(images))
+        sel = np.sort(order[offset : offset + limit])
+        images, labels = images[sel], labels[sel]
+    return renormalize(images, config.input_norm), labels
+
+
+def _read_split(args, config, split: str):
     if args.dataset == "fashion_mnist_idx":
         from tofu_jax.data import idx
         from tofu_jax.data.preprocess import resize_nearest_area, to_model_range
@@ -156,10 +178,6 @@ def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
             data_dir=args.data_dir,
             channels=config.channels,
         )
-    if limit:
-        order = np.random.default_rng(args.seed + (split == "train")).permutation(len(images))
-        sel = np.sort(order[offset : offset + limit])
-        images, labels = images[sel], labels[sel]
     return images, labels
 
 

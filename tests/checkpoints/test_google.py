@@ -184,7 +184,7 @@ def test_object_arrays_are_refused_without_pickle(tmp_path):
     flat = random_flat(CONFIG)
     flat["meta"] = np.array([{"exec": "me"}], dtype=object)
     np.savez(tmp_path / "pickled.npz", **flat)
-    with pytest.raises(CheckpointError, match="allow_pickle=False"):
+    with pytest.raises(CheckpointError, match="pickled Python objects"):
         load.load_params(tmp_path / "pickled.npz", CONFIG)
 
 
@@ -192,7 +192,7 @@ def test_file_and_format_errors(tmp_path):
     with pytest.raises(CheckpointError, match="not found"):
         load.load_params(tmp_path / "nope.npz", CONFIG)
     (tmp_path / "junk.npz").write_bytes(b"junk")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="junk.npz"):
         load.load_params(tmp_path / "junk.npz", CONFIG)
     with pytest.raises(CheckpointError, match="unknown checkpoint format"):
         load.load_params(tmp_path / "junk.npz", CONFIG, fmt="keras")

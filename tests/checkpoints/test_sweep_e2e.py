@@ -65,11 +65,21 @@ def test_sweep_google_npz(tmp_path):
 def test_sweep_timm_safetensors(timm, torch, tmp_path):
     module = _randomize(torch, _timm_model(timm, torch))
     path = _save_safetensors(module.state_dict(), tmp_path / "timm.safetensors")
-    _run_sweep(tmp_path, path, ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False), "timm")
+    _run_sweep(
+        tmp_path,
+        path,
+        ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False, input_norm="inception"),
+        "timm",
+    )
 
 
 @pytest.mark.parity
 def test_sweep_hf_safetensors(transformers, torch, tmp_path):
     module = _hf_vit(transformers, torch)
     path = _save_safetensors(module.state_dict(), tmp_path / "hf.safetensors")
-    _run_sweep(tmp_path, path, ViTConfig(**TINY, layernorm_eps=1e-12, gelu_approximate=False), "hf")
+    _run_sweep(
+        tmp_path,
+        path,
+        ViTConfig(**TINY, layernorm_eps=1e-12, gelu_approximate=False, input_norm="inception"),
+        "hf",
+    )

@@ -207,7 +207,7 @@ def test_bfloat16_safetensors(tmp_path):
 def test_unreadable_files(tmp_path):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         torch_formats.load_state_dict(bad)
     with pytest.raises(CheckpointError, match="cannot tell the format"):
         (tmp_path / "w.h5").write_bytes(b"")

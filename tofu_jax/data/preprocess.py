@@ -14,6 +14,38 @@ def to_model_range(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
+# name: (per-channel mean, per-channel std) applied to pixels in [0, 1].
+INPUT_NORMS = {
+    "inception": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1]: Google/AugReg, HF ViT, many timm ViTs
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # DeiT and most timm CNN-era recipes
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+}
+
+
+def renormalize(images: np.ndarray, input_norm: str) -> np.ndarray:
+    """Map images from [-1, 1] to the ``input_norm`` convention (``[N, H, W, C]``, C = 1 or 3)."""
+    mean, std = INPUT_NORMS[input_norm]
+    if input_norm == "inception":
+        return images
+    if images.shape[-1] == 1:
+        mean, std = (sum(mean) / 3,), (sum(std) / 3,)
+    unit = (images + 1.0) / 2.0
+    return ((unit - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).astype(np.float32)
+
+
+def input_norm_from_stats(mean, std) -> str | None:
+    """The :data:`INPUT_NORMS` name whose mean/std match these values, else None."""
+    for name, (m, s) in INPUT_NORMS.items():
+        if (
+            len(mean) == 3
+            and len(std) == 3
+            and np.allclose(mean, m, atol=1e-3)
+            and np.allclose(std, s, atol=1e-3)
+        ):
+            return name
+    return None
+
+
 def resize_nearest_area(images: np.ndarray, size: int) -> np.ndarray:
     """Area-average down-sampling by an integer factor, or nearest up-sampling.
 

@@ -1,10 +1,12 @@
 """Build ``(config, params)`` from a checkpoint file plus a model description.
 
-Numerics that the weights cannot show (the GELU form and the LayerNorm epsilon) come from the
-checkpoint's format unless the model description or an override states them: Google/big_vision
-checkpoints use tanh GELU and eps 1e-6, timm uses exact GELU and eps 1e-6, Hugging Face uses what its
-``config.json`` says (``hidden_act``, ``layer_norm_eps``; exact GELU and 1e-12 when absent, its
-library defaults). A preset such as ``B/16`` states only the architecture's shape.
+Numerics that the weights cannot show (the GELU form, the LayerNorm epsilon, the input
+normalisation) come from the checkpoint's format unless the model description or an override states
+them: Google/big_vision checkpoints use tanh GELU, eps 1e-6 and inputs in [-1, 1]; timm uses exact GELU
+and eps 1e-6 and does not record its normalisation (the CLI then asks for ``--input-norm``); Hugging
+Face uses what its ``config.json`` (``hidden_act``, ``layer_norm_eps``; exact GELU and 1e-12 when
+absent, its library defaults) and ``preprocessor_config.json`` (``image_mean``/``image_std``) say.
+A preset such as ``B/16`` states only the architecture's shape.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from tofu_jax.assets import BUNDLED_CHECKPOINT, bundled_card
 from tofu_jax.checkpoints import google, torch_formats
 from tofu_jax.checkpoints.common import CheckpointError
 from tofu_jax.checkpoints.load import FORMATS, adapt
+from tofu_jax.data.preprocess import INPUT_NORMS, input_norm_from_stats
 from tofu_jax.errors import ConfigError
 from tofu_jax.models.vit import ViTConfig, preset
 
-NUMERIC_FIELDS = ("gelu_approximate", "layernorm_eps")
 _HF_GELU = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True}
 
 
@@ -48,16 +50,28 @@ def _described_fields(model: str | None) -> tuple[dict, set[str]]:
 
 
 def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
-    """GELU form and LayerNorm epsilon that a checkpoint of format ``fmt`` was trained with."""
+    """GELU form, LayerNorm epsilon and (where known) input normalisation of a ``fmt`` checkpoint."""
     if fmt == "google":
-        return {"gelu_approximate": True, "layernorm_eps": 1e-6}
+        return {"gelu_approximate": True, "layernorm_eps": 1e-6, "input_norm": "inception"}
     if fmt == "timm":
         return {"gelu_approximate": False, "layernorm_eps": 1e-6}
     if fmt != "hf":
         raise ConfigError(f"unknown checkpoint format {fmt!r}; choose from google, timm, hf")
     numerics = {"gelu_approximate": False, "layernorm_eps": 1e-12}
     path = Path(checkpoint) if checkpoint is not None else None
-    cfg_path = None if path is None else (path if path.is_dir() else path.parent) / "config.json"
+    folder = None if path is None else (path if path.is_dir() else path.parent)
+    cfg_path = None if folder is None else folder / "config.json"
+    pre_path = None if folder is None else folder / "preprocessor_config.json"
+    if pre_path is not None and pre_path.is_file():
+        pre = _read_json(pre_path, "Hugging Face image-processor config")
+        mean, std = (pre.get("image_mean"), pre.get("image_std")) if isinstance(pre, dict) else (None, None)
+        name = input_norm_from_stats(mean, std) if isinstance(mean, list) and isinstance(std, list) else None
+        if name is None:
+            raise ConfigError(
+                f"{pre_path}: image_mean {mean} / image_std {std} match none of the input "
+                f"normalisations ({', '.join(INPUT_NORMS)}); pass input_norm explicitly"
+            )
+        numerics["input_norm"] = name
     if cfg_path is not None and cfg_path.is_file():
         cfg = _read_json(cfg_path, "Hugging Face config")
         act = cfg.get("hidden_act", "gelu") if isinstance(cfg, dict) else None
@@ -87,7 +101,7 @@ def resolve_config(model: str | None, *, fmt: str | None = None, checkpoint=None
     fields, stated = _described_fields(model)
     if fmt is not None:
         for key, value in format_numerics(fmt, checkpoint).items():
-            if key not in stated:
+            if key not in stated or fields.get(key) is None:  # input_norm null: unknown
                 fields[key] = value
     fields.update(overrides)
     return ViTConfig.from_dict(fields)

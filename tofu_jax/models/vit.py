@@ -28,6 +28,7 @@ from tofu_jax.scoring import cls_attention, key_norm
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+_INPUT_NORMS = ("inception", "imagenet", "clip")  # keys of tofu_jax.data.preprocess.INPUT_NORMS
 _BOOL_FIELDS = ("cls_token", "distilled", "fc_norm", "gelu_approximate")
 _POSITIVE_INT_FIELDS = (
     "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
@@ -63,6 +64,9 @@ class ViTConfig:
     gelu_approximate: bool = True  # Google uses tanh GELU; timm/HF use the exact erf form
     dropout_rate: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    # How the data pipeline normalises pixels for this model (a name in data.preprocess.INPUT_NORMS);
+    # None: unknown (timm weights do not record it), and the CLI asks for --input-norm.
+    input_norm: str | None = None
 
     def __post_init__(self):
         self._check_types()
@@ -105,6 +109,8 @@ class ViTConfig:
         for name in ("classifier", "dtype"):
             if not isinstance(getattr(self, name), str):
                 fail(name, "a string")
+        if self.input_norm is not None and self.input_norm not in _INPUT_NORMS:
+            fail("input_norm", f"null or one of {', '.join(_INPUT_NORMS)}")
 
     @property
     def grid(self) -> int:
