@@ -1,0 +1,34 @@
+"""Shared tiny model and files for the fuzz tests: built once, all with ``jax.eval_shape`` or NumPy."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.checkpoints.helpers import random_flat
+from tofu_jax.checkpoints import google
+from tofu_jax.checkpoints.common import unflatten
+from tofu_jax.data.idx import write_idx
+from tofu_jax.models.vit import ViTConfig
+
+CONFIG = ViTConfig(
+    image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2,
+    input_norm="inception",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def files(tmp_path_factory):
+    """A valid checkpoint, card, schedule, profile-free data dir: the seeds that the fuzzers damage."""
+    root = tmp_path_factory.mktemp("fuzz")
+    google.save_npz(root / "model.npz", unflatten(random_flat(CONFIG)))
+    (root / "card.json").write_text(json.dumps({"config": CONFIG.to_dict()}))
+    data = root / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 16), ("t10k", 8)):
+        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return root

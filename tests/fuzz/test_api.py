@@ -1,0 +1,124 @@
+"""Bad arrays and arguments through the Python API: the documented error, or finite outputs."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.fuzz.conftest import CONFIG
+from tofu_jax import matching, merging
+from tofu_jax.blocks import TokenReducer
+from tofu_jax.data.preprocess import batches
+from tofu_jax.errors import ConfigError, InputError, NonFiniteError, UserError
+from tofu_jax.evaluate import accuracy, check_images
+from tofu_jax.models.vit import ViT, init_params
+from tofu_jax.schedule import ScheduleError, from_list
+
+
+@pytest.fixture(scope="module")
+def model():
+    return ViT(CONFIG), init_params(CONFIG, 0)
+
+
+def _apply(model, images, schedule=None):
+    vit, params = model
+    return vit.apply({"params": params}, images, schedule)
+
+
+@pytest.mark.parametrize(
+    "images,needle",
+    [
+        (np.zeros((2, 28, 28, 1), np.uint8), "floating point"),
+        (np.zeros((2, 28, 28, 1), np.int32), "floating point"),
+        (np.zeros((2, 28, 28, 3), np.float32), "shape"),
+        (np.zeros((2, 32, 32, 1), np.float32), "shape"),
+        (np.zeros((28, 28, 1), np.float32), "shape"),
+    ],
+)
+def test_images_of_wrong_dtype_or_shape(model, images, needle):
+    with pytest.raises(InputError, match=needle):
+        _apply(model, jnp.asarray(images))
+
+
+@pytest.mark.parametrize(
+    "fill,needle",
+    [(np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (255.0, "raw pixels"), (-30.0, "raw pixels")],
+)
+def test_host_side_image_checks(fill, needle):
+    images = np.zeros((2, 28, 28, 1), np.float32)
+    images[1, 3, 4, 0] = fill
+    with pytest.raises(InputError, match=needle):
+        check_images(images)
+
+
+def test_accuracy_refuses_raw_pixels_before_running(model):
+    vit, params = model
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
+    with pytest.raises(InputError, match="batch 0"):
+        accuracy(lambda p, x, s: vit.apply({"params": p}, x, s), params, batches(images, np.zeros(4, int), 4))
+
+
+def test_nan_logits_name_the_schedule_and_batch(model):
+    vit, params = model
+    sched = from_list(["merge_mlerp"] * 3, [2, 2, 2])
+    calls = []
+
+    def apply(p, x, s):  # finite on batch 0, NaN from batch 1 on (as a broken checkpoint would give)
+        calls.append(s)
+        logits = vit.apply({"params": p}, x, s)
+        return logits * np.nan if len(calls) > 1 else logits
+
+    images = np.zeros((4, 28, 28, 1), np.float32)
+    two_batches = [(images, np.zeros(4, int), 4)] * 2
+    with pytest.raises(NonFiniteError, match=r"batch 1 with schedule merge_mlerp:2x3"):
+        accuracy(apply, params, two_batches, sched)
+    assert issubclass(NonFiniteError, FloatingPointError)
+
+
+@pytest.mark.parametrize("op", ["prune", "merge_avg", "merge_mlerp"])
+def test_zero_images_give_finite_logits(model, op):
+    sched = from_list([op] * 3, [3, 3, 3])
+    assert np.isfinite(np.asarray(_apply(model, jnp.zeros((2, 28, 28, 1)), sched))).all()
+
+
+@given(log_scale=st.floats(-30, 30), r=st.integers(1, 8), zero=st.booleans())
+def test_merges_stay_finite_for_any_token_norm(log_scale, r, zero):
+    x = jax.random.normal(jax.random.PRNGKey(r), (2, 17, 8)) * (10.0**log_scale)
+    if zero:
+        x = x.at[:, 1:5].set(0.0)
+    m = matching.bipartite_soft_matching(x, r, protected=1)
+    for merge in (merging.prune, merging.merge_avg, merging.merge_mlerp):
+        out, size = merge(x, None, m)
+        assert np.isfinite(np.asarray(out)).all() and np.isfinite(np.asarray(size)).all()
+
+
+@given(rs=st.lists(st.integers(0, 20), min_size=3, max_size=3), op=st.sampled_from(["prune", "merge_mlerp"]))
+def test_schedules_that_remove_too_many_tokens(rs, op):
+    n, protected, too_many = CONFIG.num_tokens, CONFIG.num_prefix, False
+    for r in rs:  # the bipartite limit, written out independently of the library
+        too_many |= r > (n - protected) // 2
+        n -= r
+    sched = from_list([op] * 3, rs)
+    if too_many:
+        with pytest.raises(ScheduleError, match="at most"):
+            sched.validate(CONFIG.depth, CONFIG.num_tokens, CONFIG.num_prefix)
+    else:
+        sched.validate(CONFIG.depth, CONFIG.num_tokens, CONFIG.num_prefix)
+
+
+@pytest.mark.parametrize("r", [-1, 9, 100])
+def test_ops_refuse_r_out_of_range(r):
+    x = jnp.ones((1, 17, 4))
+    with pytest.raises(UserError):
+        matching.bipartite_soft_matching(x, r, protected=1)
+
+
+def test_token_reducer_needs_protected():
+    with pytest.raises(ConfigError, match="protected="):
+        TokenReducer("merge_mlerp", 4)
+    with pytest.raises(ConfigError, match="non-negative"):
+        TokenReducer("merge_mlerp", 4, protected=-1)
