@@ -58,7 +58,8 @@ def test_cli_export_runs_without_tofu_jax(assets, tmp_path, capsys):
     assert side["input"] == {"name": "images", "shape": [8, 16, 16, 1], "dtype": "float32", "layout": "NHWC"}
     assert side["output"]["shape"] == [8, 4] and side["tokens"] == [17, 13, 8]
     assert S.Schedule.from_dict(side["schedule"]) == SCHEDULE
-    assert ViTConfig.from_dict(side["config"]) == TINY
+    assert ViTConfig.from_dict(side["config"]) == TINY.replace(input_norm="inception")  # from the npz format
+    assert side["preprocessing"]["input_norm"] == "inception" and side["preprocessing"]["mean"] == [0.5] * 3
     assert side["artifact_bytes"] == (out / ARTIFACT).stat().st_size > side["param_bytes"]
 
     images = np.random.default_rng(0).uniform(-1, 1, (8, 16, 16, 1)).astype(np.float32)

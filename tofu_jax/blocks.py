@@ -136,8 +136,8 @@ class TokenReducer:
                 "TokenReducer needs protected=<number of leading tokens that must never move>: 1 for a "
                 "CLS token, 2 for CLS + distillation token, 0 for models without prefix tokens"
             )
-        if not isinstance(self.protected, int) or isinstance(self.protected, bool) or self.protected < 0:
-            raise ConfigError(f"protected must be a non-negative int, got {self.protected!r}")
+        if self.protected not in (0, 1, 2) or isinstance(self.protected, bool):
+            raise ConfigError(f"protected must be 0, 1 or 2, got {self.protected!r}")
         if self.mlerp_norm not in ("max", "weighted_mean"):
             raise UserError(f"mlerp_norm must be 'max' or 'weighted_mean', got {self.mlerp_norm!r}")
 

@@ -151,6 +151,12 @@ def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
             "imagenet (DeiT and timm models with ImageNet mean/std) or clip"
         )
     images, labels = _read_split(args, config, split)
+    if labels.size and (labels.min() < 0 or labels.max() >= config.num_classes):
+        raise UserError(
+            f"the {split} split of {args.dataset} has labels {labels.min()}..{labels.max()} but the model "
+            f"has {config.num_classes} classes (labels of -1 mean an unlabelled split); pick a labelled "
+            "split, or pass --num-classes N --reset-head to train a new head"
+        )
     if limit:
         order = np.random.default_rng(args.seed + (split == "train")).permutation(len(images))
         sel = np.sort(order[offset : offset + limit])
@@ -212,6 +218,11 @@ def _make_plan(args, config, params, profile):
     score = None
     if args.planner == "search":
         held_x, held_y = _load_split(args, config, "train", args.search_images, offset=args.calib_images)
+        if not len(held_x):
+            raise UserError(
+                "--planner search has no held-out images: --calib-images takes the whole training split; "
+                "lower --calib-images or use --planner per_block"
+            )
         score = _score_fn(config, params, held_x, held_y, args.batch_size)
     return planner.plan(
         profile,
@@ -415,7 +426,9 @@ def cmd_visualize(args) -> int:
                 f"image {args.image} is {raw.shape[1]}x{raw.shape[0]}, the model expects "
                 f"{config.image_size}x{config.image_size}"
             )
-        image = raw * 2.0 - 1.0
+        if config.input_norm is None:
+            raise UserError("pass --input-norm: the checkpoint does not record how its pixels are normalised")
+        image = renormalize((raw * 2.0 - 1.0)[None], config.input_norm)[0]
     else:
         images, _ = _load_split(args, config, "test", None)
         if not 0 <= args.index < len(images):
@@ -548,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
         argv = ["run", *argv]
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            where = f"tofu-jax {args.command}" if args.command else "tofu-jax"
+            raise UserError(f"unrecognized arguments: {' '.join(unknown)} (see `{where} --help`)")
         if args.command is None:
             parser.print_help()
             return 0

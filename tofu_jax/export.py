@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax.data.preprocess import INPUT_NORMS
 from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.models.vit import ViT, ViTConfig
@@ -39,11 +40,10 @@ ARTIFACT = "model.jax_export"
 SIDECAR = "model.json"
 SIDECAR_VERSION = 1
 
+PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 PREPROCESSING = {
     "layout": "NHWC",
     "dtype": "float32",
-    "range": [-1.0, 1.0],
-    "from_uint8": "x / 127.5 - 1",
     "resize": "integer-factor area averaging (downsampling) or nearest (upsampling) to image_size",
     "channel_repeat": "grayscale repeated to the model's channel count",
 }
@@ -77,6 +77,9 @@ def export_model(
 
     ``platforms`` may name several (e.g. ``("cpu", "cuda")``); lowering does not need the devices.
     """
+    bad = [p for p in platforms if p not in PLATFORMS]
+    if isinstance(platforms, str) or not platforms or bad:
+        raise UserError(f"platforms must be a list of {', '.join(PLATFORMS)}, got {platforms!r}")
     schedule = schedule if schedule is not None else no_reduction(config.depth)
     schedule.validate(config.depth, config.num_tokens, config.num_prefix)
     fn = jax.jit(_forward(config, params, schedule))
@@ -123,6 +126,15 @@ def _export_tf(config, params, schedule, batch, out_dir: Path, platforms) -> dic
     return info
 
 
+def _normalisation(config: ViTConfig) -> dict:
+    """How pixels in [0, 1] become model inputs, from the config's ``input_norm`` (None: unknown)."""
+    if config.input_norm is None:
+        return {"input_norm": None, "from_unit": "unknown: the checkpoint does not record it"}
+    mean, std = INPUT_NORMS[config.input_norm]
+    return {"input_norm": config.input_norm, "mean": list(mean), "std": list(std),
+            "from_unit": "(x - mean) / std for x in [0, 1]"}  # fmt: skip
+
+
 def write_export(
     out_dir: str | Path,
     config: ViTConfig,
@@ -166,7 +178,12 @@ def write_export(
         "jax_version": jax.__version__,
         "input": {"name": "images", "shape": list(spec.shape), "dtype": "float32", "layout": "NHWC"},
         "output": {"name": "logits", "shape": [batch, config.num_classes], "dtype": "float32"},
-        "preprocessing": {**PREPROCESSING, "image_size": config.image_size, "channels": config.channels},
+        "preprocessing": {
+            **PREPROCESSING,
+            **_normalisation(config),
+            "image_size": config.image_size,
+            "channels": config.channels,
+        },  # fmt: skip
         "schedule": schedule.to_dict(),
         "schedule_describe": schedule.describe(),
         "tokens": list(flops.tokens),

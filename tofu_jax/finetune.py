@@ -38,6 +38,15 @@ class FinetuneConfig:
             )
         if self.augment_pad < 0:
             raise UserError(f"crop padding must be >= 0 pixels, got {self.augment_pad}")
+        if self.ckpt_every < 1 or self.warmup_steps < 0:
+            raise UserError(f"ckpt_every must be >= 1 and warmup_steps >= 0, got {self.ckpt_every}, "
+                            f"{self.warmup_steps}")  # fmt: skip
+        lr, wd, ls = self.learning_rate, self.weight_decay, self.label_smoothing
+        if not (0 < lr < float("inf")) or not 0 <= wd < float("inf") or not 0 <= ls < 1:
+            raise UserError(
+                "need learning_rate > 0, weight_decay >= 0 and label_smoothing in [0, 1), "
+                f"got {lr}, {wd}, {ls}"
+            )
 
 
 def finetune(

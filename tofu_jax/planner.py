@@ -23,7 +23,7 @@ from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViTConfig
-from tofu_jax.profiler import Profile
+from tofu_jax.profiler import PROFILE_METRICS, Profile
 from tofu_jax.schedule import IMPORTANCE_OPS, BlockReduction, Schedule
 
 MODES = ("per_block", "split", "search")
@@ -73,6 +73,8 @@ def choose_ops(
     prune_op: str = "prune",
 ) -> tuple[list[str], dict]:
     """Per-block op (prune or merge) from the profile; returns ``(ops, info)``."""
+    if metric not in PROFILE_METRICS:
+        raise UserError(f"unknown profile metric {metric!r}; choose from {', '.join(PROFILE_METRICS)}")
     values = profile.metric(metric)
     tau = otsu_threshold(values)
     merge_ok = values <= tau
@@ -95,9 +97,9 @@ def check_budget(budget: float | None, target_gflops: float | None = None) -> No
     """Raise :class:`BudgetError` unless exactly one of a fraction in [0, 1) or a GFLOPs target is given."""
     if (budget is None) == (target_gflops is None):
         raise BudgetError("give exactly one of budget (fraction of FLOPs removed) or target_gflops")
-    if budget is not None and not 0.0 <= budget < 1.0:
+    if budget is not None and not 0.0 <= budget < 1.0:  # also refuses NaN
         raise BudgetError(f"budget must be a fraction of FLOPs to remove in [0, 1), got {budget}")
-    if target_gflops is not None and target_gflops <= 0:
+    if target_gflops is not None and not 0 < target_gflops < float("inf"):
         raise BudgetError(f"target_gflops must be positive, got {target_gflops}")
 
 

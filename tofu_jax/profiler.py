@@ -45,6 +45,9 @@ class BlockProfile:
     avg_norm_ratio: float  # ||(x1+x2)/2|| / mean(||x1||, ||x2||) on matched pairs (1 = no shrink)
 
 
+PROFILE_METRICS = tuple(f.name for f in dataclasses.fields(BlockProfile) if f.name != "block")
+
+
 @dataclasses.dataclass(frozen=True)
 class Profile:
     config: dict
@@ -92,8 +95,10 @@ class Profile:
                 raise UserError(f"profile {path}: block {i} has non-numeric or non-finite {', '.join(bad)}")
             parsed.append(BlockProfile(**b))
         for key, kind in (("config", dict), ("num_images", int), ("r_profile", int), ("alphas", list)):
-            if not isinstance(d.get(key), kind):
+            if not isinstance(d.get(key), kind) or isinstance(d.get(key), bool):
                 raise UserError(f"profile {path}: field {key!r} must be a {kind.__name__}")
+        if not all(_finite_number(a) for a in d["alphas"]):
+            raise UserError(f"profile {path}: 'alphas' must be a list of numbers")
         return cls(
             config=d["config"],
             num_images=d["num_images"],

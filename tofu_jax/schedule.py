@@ -148,7 +148,7 @@ class Schedule:
         if not isinstance(d, dict):
             raise ScheduleError(f"schedule JSON must be an object, got {type(d).__name__}")
         version = d.get("version")
-        if version != SCHEDULE_VERSION:
+        if type(version) is not int or version != SCHEDULE_VERSION:
             raise ScheduleError(f"unsupported schedule version {version!r} (expected {SCHEDULE_VERSION})")
         known = {"version", "blocks", "prop_attn", "mlerp_norm", "metric", "meta"}
         extra = set(d) - known
@@ -191,6 +191,8 @@ class Schedule:
                 text = Path(source).read_text()
             except OSError as e:
                 raise ScheduleError(f"cannot read schedule file {source}: {e.strerror}") from None
+            except UnicodeDecodeError:
+                raise ScheduleError(f"schedule file {source} is not text (expected JSON)") from None
         try:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:

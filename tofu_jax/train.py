@@ -101,8 +101,22 @@ def save_train_state(path: str | Path, params, opt_state, step: int, meta: dict[
 def load_train_state(path: str | Path, params_like, opt_state_like):
     """Inverse of :func:`save_train_state`: ``(params, opt_state, step, meta)``."""
     flat = npz_load(path)
-    if "__step__" not in flat:
-        raise CheckpointError(f"{path} is not a tofu_jax train state (no __step__)")
-    params = flat_arrays_to_tree({k[6:]: v for k, v in flat.items() if k.startswith("params")}, params_like)
-    opt = flat_arrays_to_tree({k[3:]: v for k, v in flat.items() if k.startswith("opt")}, opt_state_like)
-    return params, opt, int(flat["__step__"]), json.loads(str(flat["__meta__"]))
+    try:
+        step, meta = int(flat["__step__"]), json.loads(str(flat["__meta__"]))
+    except (KeyError, ValueError, TypeError):  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(
+            f"{path} is not a tofu_jax train state (no readable __step__/__meta__); delete it or use "
+            "another output directory"
+        ) from None
+    try:
+        params = flat_arrays_to_tree(
+            {k[6:]: v for k, v in flat.items() if k.startswith("params")}, params_like
+        )
+        opt = flat_arrays_to_tree({k[3:]: v for k, v in flat.items() if k.startswith("opt")}, opt_state_like)
+    except CheckpointError as e:
+        detail = str(e)[:300]
+        raise CheckpointError(
+            f"train state {path} belongs to another model or optimizer ({detail}...); resume with the same "
+            "model and settings, or use another output directory"
+        ) from None
+    return params, opt, step, meta

@@ -120,5 +120,32 @@ def test_ops_refuse_r_out_of_range(r):
 def test_token_reducer_needs_protected():
     with pytest.raises(ConfigError, match="protected="):
         TokenReducer("merge_mlerp", 4)
-    with pytest.raises(ConfigError, match="non-negative"):
+    with pytest.raises(ConfigError, match="0, 1 or 2"):
         TokenReducer("merge_mlerp", 4, protected=-1)
+
+
+def test_api_arguments_outside_their_range():
+    from tofu_jax import planner
+    from tofu_jax.export import export_model
+    from tofu_jax.finetune import FinetuneConfig
+    from tofu_jax.models.vit import preset
+    from tofu_jax.profiler import BlockProfile, Profile
+
+    with pytest.raises(UserError, match="ckpt_every"):
+        FinetuneConfig(ckpt_every=0)
+    with pytest.raises(UserError, match="learning_rate"):
+        FinetuneConfig(learning_rate=-1.0)
+    with pytest.raises(ConfigError, match="unknown ViTConfig fields"):
+        preset("B/16", foo=1)
+    with pytest.raises(UserError, match="platforms"):
+        export_model(CONFIG, None, None, 2, platforms=("gpu",))
+    with pytest.raises(ConfigError, match="0, 1 or 2"):
+        TokenReducer("prune", 2, protected=3)
+    with pytest.raises(UserError, match="budget"):
+        planner.check_budget(float("nan"))
+    with pytest.raises(UserError, match="target_gflops"):
+        planner.check_budget(None, float("nan"))
+    block = BlockProfile(0, *([0.1] * 9))
+    profile = Profile(CONFIG.to_dict(), 4, 2, (0.5,), (block,) * 3)
+    with pytest.raises(UserError, match="unknown profile metric 'nope'"):
+        planner.plan(profile, CONFIG, 0.3, metric="nope")

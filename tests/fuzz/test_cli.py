@@ -167,3 +167,13 @@ def test_debug_shows_the_traceback(capsys):
 
     with pytest.raises(UserError, match="--budget"):
         main(["--debug", "run", "--budget", "2"])
+
+
+def test_data_that_does_not_fit_the_model_or_flags(files, tmp_path, capsys):
+    run = ["run", *_model(files), "--out-dir", str(tmp_path), "--num-examples", "4"]
+    assert main([*run, "--num-classes", "5", "--reset-head"]) == 2
+    assert "but the model has 5 classes" in _one_error_line(capsys)
+    assert main([*run, "--calib-images", "16", "--planner", "search"]) == 2
+    assert "no held-out images" in _one_error_line(capsys)
+    assert main([*run, "--bogus", "1"]) == 2
+    assert "see `tofu-jax run --help`" in _one_error_line(capsys)

@@ -223,3 +223,53 @@ def test_damaged_idx_files(tmp_path, data):
     path.write_bytes(_damage(raw, data))
     with contextlib.suppress(DataError):
         read_idx(path)
+
+
+def test_files_of_the_wrong_kind(tmp_path):
+    (tmp_path / "garbage.npz").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="not an .npz"):
+        load.load_params(tmp_path / "garbage.npz", CONFIG)
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "one.npy").rename(tmp_path / "one.npz")
+    with pytest.raises(CheckpointError, match="one .npy array"):
+        load.load_params(tmp_path / "one.npz", CONFIG)
+    (tmp_path / "schedule.json").write_bytes(bytes(range(256)))
+    with pytest.raises(ScheduleError, match="not text"):
+        Schedule.from_json(tmp_path / "schedule.json")
+    with pytest.raises(ScheduleError, match="version"):
+        Schedule.from_dict({"version": 1.0, "blocks": []})
+
+
+@pytest.mark.parametrize(
+    "name,content,needle",
+    [
+        ("config.json", "[1]", "must be a JSON object"),
+        ("config.json", '{"layer_norm_eps": "1e-5"}', "layer_norm_eps must be a number"),
+        ("config.json", '{"layer_norm_eps": 1e39}', "layer_norm_eps must be a number"),
+        ("config.json", '{"hidden_act": "swish"}', "hidden_act 'swish' is not supported"),
+        ("preprocessor_config.json", '{"image_mean": ["a", "b", "c"], "image_std": [1, 1, 1]}', "match none"),
+        ("preprocessor_config.json", '{"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 1, 1]}', "match none"),
+    ],
+)  # fmt: skip
+def test_bad_hugging_face_configs(tmp_path, name, content, needle):
+    from tofu_jax.models.loading import format_numerics
+
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ConfigError, match=needle):
+        format_numerics("hf", tmp_path / "model.safetensors")
+
+
+def test_train_state_that_is_not_one(tmp_path):
+    import optax
+
+    from tofu_jax.models.vit import init_params
+    from tofu_jax.train import load_train_state, save_train_state
+
+    params = init_params(CONFIG)
+    opt = optax.adam(1e-3).init(params)
+    np.savez(tmp_path / "state.npz", __step__=np.int64(3))
+    with pytest.raises(CheckpointError, match="not a tofu_jax train state"):
+        load_train_state(tmp_path / "state.npz", params, opt)
+    save_train_state(tmp_path / "other.npz", {"w": np.zeros(2, np.float32)}, optax.sgd(1.0).init({}), 1, {})
+    with pytest.raises(CheckpointError, match="another output directory"):
+        load_train_state(tmp_path / "other.npz", params, opt)

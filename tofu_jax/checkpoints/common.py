@@ -110,25 +110,26 @@ def npz_load(path: str | Path) -> dict[str, np.ndarray]:
     """Read every array of an ``.npz`` without pickle; damage of any kind is a :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(
-            f"checkpoint {path} not found" if not path.exists() else f"{path} is not a file"
-        )
+        problem = "not found" if not path.exists() else "is not a file"
+        raise CheckpointError(f"checkpoint {path} {problem}")
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:1] == b"\x80":
+        raise CheckpointError(f"{path} is a Python pickle; tofu_jax reads checkpoints without pickle")
+    if magic == b"\x93NUMPY":
+        raise CheckpointError(f"{path} holds one .npy array, not an .npz archive of named arrays")
+    if magic[:4] != b"PK\x03\x04":
+        raise CheckpointError(f"{path} is not an .npz (zip) archive: empty, truncated or another format")
     try:
         with np.load(path, allow_pickle=False) as f:
-            if not hasattr(f, "files"):
-                raise CheckpointError(
-                    f"{path} holds a single .npy array, not an .npz archive of named arrays"
-                )
             return {k: f[k] for k in f.files}
-    except CheckpointError:
-        raise
     except ValueError as e:
         if "pickle" in str(e):
             raise CheckpointError(
                 f"{path} holds pickled Python objects; tofu_jax reads checkpoints without pickle, so "
                 "re-save it with numeric arrays only"
             ) from None
-        raise CheckpointError(f"checkpoint {path} is damaged or not an .npz archive: {e}") from None
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated: {e}") from None
     except Exception as e:  # zipfile, zlib, npy-header and EOF errors all mean a damaged file
         raise CheckpointError(
             f"checkpoint {path} is damaged or truncated ({type(e).__name__}: {e}); re-download or re-save it"

@@ -70,7 +70,10 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             f"cannot tell the format of {path}: expected .npz (Google), .safetensors, "
             f"or a torch file ({', '.join(TORCH_SUFFIXES)})"
         )
-    state = unwrap(state)
+    try:
+        state = unwrap(state)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     if not state:
         raise CheckpointError(f"{path} holds no tensors")
     return state
@@ -163,8 +166,9 @@ def _read_torch(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle refusals, corrupt zips, ...: all mean "cannot read"
+        first = (str(e).strip().splitlines() or [""])[0]
         raise CheckpointError(
-            f"cannot read {path} with torch.load(weights_only=True): {type(e).__name__}: {e}"
+            f"cannot read {path} with torch.load(weights_only=True): {type(e).__name__}: {first}"
         ) from None
     return _tensors_to_numpy(obj, torch)
 

@@ -12,6 +12,7 @@ A preset such as ``B/16`` states only the architecture's shape.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from tofu_jax.assets import BUNDLED_CHECKPOINT, bundled_card
@@ -49,6 +50,12 @@ def _described_fields(model: str | None) -> tuple[dict, set[str]]:
     return preset(model).to_dict(), set()
 
 
+def _numbers(values) -> bool:
+    return isinstance(values, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
+
+
 def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
     """GELU form, LayerNorm epsilon and (where known) input normalisation of a ``fmt`` checkpoint."""
     if fmt == "google":
@@ -65,7 +72,7 @@ def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
     if pre_path is not None and pre_path.is_file():
         pre = _read_json(pre_path, "Hugging Face image-processor config")
         mean, std = (pre.get("image_mean"), pre.get("image_std")) if isinstance(pre, dict) else (None, None)
-        name = input_norm_from_stats(mean, std) if isinstance(mean, list) and isinstance(std, list) else None
+        name = input_norm_from_stats(mean, std) if _numbers(mean) and _numbers(std) else None
         if name is None:
             raise ConfigError(
                 f"{pre_path}: image_mean {mean} / image_std {std} match none of the input "
@@ -74,15 +81,18 @@ def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
         numerics["input_norm"] = name
     if cfg_path is not None and cfg_path.is_file():
         cfg = _read_json(cfg_path, "Hugging Face config")
-        act = cfg.get("hidden_act", "gelu") if isinstance(cfg, dict) else None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{cfg_path} must be a JSON object, got {type(cfg).__name__}")
+        act = cfg.get("hidden_act", "gelu")
         if act not in _HF_GELU:
             raise ConfigError(
                 f"{cfg_path}: hidden_act {act!r} is not supported; supported: {sorted(_HF_GELU)}"
             )
         numerics["gelu_approximate"] = _HF_GELU[act]
         eps = cfg.get("layer_norm_eps", 1e-12)
-        if isinstance(eps, int | float) and not isinstance(eps, bool):
-            numerics["layernorm_eps"] = float(eps)
+        if not _numbers([eps]) or not 0 < eps < 1:
+            raise ConfigError(f"{cfg_path}: layer_norm_eps must be a number in (0, 1), got {eps!r}")
+        numerics["layernorm_eps"] = float(eps)
     return numerics
 
 

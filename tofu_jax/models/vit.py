@@ -172,7 +172,7 @@ def preset(name: str, **overrides) -> ViTConfig:
         raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None
     fields = dict(width=width, depth=depth, mlp_dim=mlp, num_heads=heads, patch_size=patch)
     fields.update(overrides)
-    return ViTConfig(**fields)
+    return ViTConfig.from_dict(fields)
 
 
 class MultiHeadDotProductAttention(nn.Module):
