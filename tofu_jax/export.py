@@ -77,8 +77,10 @@ def export_model(
 
     ``platforms`` may name several (e.g. ``("cpu", "cuda")``); lowering does not need the devices.
     """
+    if isinstance(platforms, str) or not isinstance(platforms, list | tuple):
+        raise UserError(f"platforms must be a list of {', '.join(PLATFORMS)}, got {platforms!r}")
     bad = [p for p in platforms if p not in PLATFORMS]
-    if isinstance(platforms, str) or not platforms or bad:
+    if not platforms or bad:
         raise UserError(f"platforms must be a list of {', '.join(PLATFORMS)}, got {platforms!r}")
     schedule = schedule if schedule is not None else no_reduction(config.depth)
     schedule.validate(config.depth, config.num_tokens, config.num_prefix)

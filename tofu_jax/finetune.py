@@ -14,6 +14,7 @@ import numpy as np
 
 from tofu_jax.data.preprocess import augment
 from tofu_jax.errors import UserError
+from tofu_jax.evaluate import check_images
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
 from tofu_jax.train import OptimConfig, load_train_state, make_optimizer, make_train_step, save_train_state
@@ -32,6 +33,11 @@ class FinetuneConfig:
     augment_pad: int = 2
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, integral = getattr(self, f.name), f.type in ("int", int)
+            if not isinstance(value, int if integral else int | float) or isinstance(value, bool):
+                kind = "an integer" if integral else "a number"
+                raise UserError(f"FinetuneConfig.{f.name} must be {kind}, got {value!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise UserError(
                 f"finetune needs steps >= 1 and batch size >= 1, got {self.steps} and {self.batch_size}"
@@ -68,6 +74,16 @@ def finetune(
     """
     if len(images) < ft.batch_size:
         raise UserError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
+    check_images(images, "training images")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(
+            f"labels must be {len(images)} integers (one per image), got {labels.dtype} {labels.shape}"
+        )
+    if labels.min() < 0 or labels.max() >= config.num_classes:
+        raise UserError(
+            f"labels {labels.min()}..{labels.max()} outside the model's {config.num_classes} classes"
+        )
     if schedule is not None:
         schedule.validate(config.depth, config.num_tokens, config.num_prefix)
     optim = OptimConfig(

@@ -143,7 +143,9 @@ def importance_keep_indices(scores: jax.Array, r: int, *, protected: int = 1) ->
     """
     _check_rank("scores", scores, 2, "[B, N]")
     n = scores.shape[1]
-    if not isinstance(r, int) or not 0 <= r <= n - protected - 1:
+    if protected not in (0, 1, 2) or isinstance(protected, bool):
+        raise UserError(f"protected must be 0, 1 or 2, got {protected!r}")
+    if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= n - protected - 1:
         raise UserError(
             f"r={r} out of range: importance pruning of {n} tokens with {protected} protected "
             f"can drop 0..{n - protected - 1}"

@@ -37,7 +37,8 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tofu_jax.errors import UserError
+from tofu_jax.errors import NonFiniteError, UserError
+from tofu_jax.evaluate import check_images
 from tofu_jax.models.vit import ViT, ViTConfig
 from tofu_jax.schedule import Schedule
 from tofu_jax.train import train_step_fn
@@ -329,7 +330,8 @@ def evaluate_accuracy(
     f = _eval_fn(config, mesh, params)
     totals = np.zeros(4, np.int64)
     kept = []
-    for images, labels, valid in batches:
+    for index, (images, labels, valid) in enumerate(batches):
+        check_images(images, f"batch {index}")
         x, y, m = shard_batch(images, labels, valid, mesh)
         logits, counts = f(params, x, y, m, schedule)
         counts = np.asarray(counts)
@@ -340,7 +342,8 @@ def evaluate_accuracy(
             progress(int(counts[2]))
     top1, top5, n, bad = (int(v) for v in totals)
     if bad:
-        raise FloatingPointError(f"model produced NaN/Inf logits for {bad} examples")
+        name = schedule.describe() if schedule is not None else "none"
+        raise NonFiniteError(f"the model produced NaN/Inf logits for {bad} examples with schedule {name}")
     if n == 0:
         raise UserError("no examples to evaluate")
     out = {"top1": top1 / n, "top5": top5 / n, "n": n}

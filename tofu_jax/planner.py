@@ -97,6 +97,9 @@ def check_budget(budget: float | None, target_gflops: float | None = None) -> No
     """Raise :class:`BudgetError` unless exactly one of a fraction in [0, 1) or a GFLOPs target is given."""
     if (budget is None) == (target_gflops is None):
         raise BudgetError("give exactly one of budget (fraction of FLOPs removed) or target_gflops")
+    for name, value in (("budget", budget), ("target_gflops", target_gflops)):
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise BudgetError(f"{name} must be a number, got {value!r}")
     if budget is not None and not 0.0 <= budget < 1.0:  # also refuses NaN
         raise BudgetError(f"budget must be a fraction of FLOPs to remove in [0, 1), got {budget}")
     if target_gflops is not None and not 0 < target_gflops < float("inf"):
@@ -213,6 +216,8 @@ def plan(
     if len(profile.blocks) != config.depth:
         raise UserError(f"profile has {len(profile.blocks)} blocks, the model has depth {config.depth}")
     check_budget(budget, target_gflops)
+    if selection not in SELECTIONS:
+        raise UserError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     alloc = lambda ops: allocate(config, ops, budget, target_gflops=target_gflops, **options)
     if mode in ("per_block", "split"):
         ops, info = choose_ops(profile, mode, metric=metric)

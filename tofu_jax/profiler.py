@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax.errors import UserError
+from tofu_jax.evaluate import check_images
 from tofu_jax.linearity import DEFAULT_ALPHAS, interpolation_errors
 from tofu_jax.matching import bipartite_soft_matching, gather_tokens, max_reduction, split_ab
 from tofu_jax.models.vit import MlpBranch, ViT, ViTConfig
@@ -79,7 +80,7 @@ class Profile:
             d = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UserError(f"cannot read profile {path}: {e}") from None
-        if not isinstance(d, dict) or d.get("version") != PROFILE_VERSION:
+        if not isinstance(d, dict) or type(d.get("version")) is not int or d["version"] != PROFILE_VERSION:
             version = d.get("version") if isinstance(d, dict) else None
             raise UserError(f"{path} is not a profile (version {version!r}, expected {PROFILE_VERSION})")
         names = [f.name for f in dataclasses.fields(BlockProfile)]
@@ -153,6 +154,7 @@ def profile_model(
     """
     if len(images) == 0:
         raise UserError("profiling needs at least one calibration image")
+    check_images(images, "calibration images")
     n, protected = config.num_tokens, config.num_prefix
     r_profile = r_profile if r_profile is not None else max(1, n // 8)
     if not 1 <= r_profile <= max_reduction(n, protected):

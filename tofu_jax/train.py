@@ -103,6 +103,8 @@ def load_train_state(path: str | Path, params_like, opt_state_like):
     flat = npz_load(path)
     try:
         step, meta = int(flat["__step__"]), json.loads(str(flat["__meta__"]))
+        if not isinstance(meta, dict):
+            raise TypeError("__meta__ is not an object")
     except (KeyError, ValueError, TypeError):  # json.JSONDecodeError is a ValueError
         raise CheckpointError(
             f"{path} is not a tofu_jax train state (no readable __step__/__meta__); delete it or use "

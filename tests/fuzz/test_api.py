@@ -15,18 +15,18 @@ from tofu_jax.blocks import TokenReducer
 from tofu_jax.data.preprocess import batches
 from tofu_jax.errors import ConfigError, InputError, NonFiniteError, UserError
 from tofu_jax.evaluate import accuracy, check_images
-from tofu_jax.models.vit import ViT, init_params
+from tofu_jax.models.vit import ViT, init_params, make_apply
 from tofu_jax.schedule import ScheduleError, from_list
 
 
 @pytest.fixture(scope="module")
 def model():
-    return ViT(CONFIG), init_params(CONFIG, 0)
+    return make_apply(ViT(CONFIG)), init_params(CONFIG, 0)
 
 
 def _apply(model, images, schedule=None):
-    vit, params = model
-    return vit.apply({"params": params}, images, schedule)
+    apply, params = model
+    return apply(params, images, schedule)
 
 
 @pytest.mark.parametrize(
@@ -56,20 +56,20 @@ def test_host_side_image_checks(fill, needle):
 
 
 def test_accuracy_refuses_raw_pixels_before_running(model):
-    vit, params = model
+    apply, params = model
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
     with pytest.raises(InputError, match="batch 0"):
-        accuracy(lambda p, x, s: vit.apply({"params": p}, x, s), params, batches(images, np.zeros(4, int), 4))
+        accuracy(apply, params, batches(images, np.zeros(4, int), 4))
 
 
 def test_nan_logits_name_the_schedule_and_batch(model):
-    vit, params = model
+    jitted, params = model
     sched = from_list(["merge_mlerp"] * 3, [2, 2, 2])
     calls = []
 
     def apply(p, x, s):  # finite on batch 0, NaN from batch 1 on (as a broken checkpoint would give)
         calls.append(s)
-        logits = vit.apply({"params": p}, x, s)
+        logits = jitted(p, x, s)
         return logits * np.nan if len(calls) > 1 else logits
 
     images = np.zeros((4, 28, 28, 1), np.float32)
@@ -81,7 +81,7 @@ def test_nan_logits_name_the_schedule_and_batch(model):
 
 @pytest.mark.parametrize("op", ["prune", "merge_avg", "merge_mlerp"])
 def test_zero_images_give_finite_logits(model, op):
-    sched = from_list([op] * 3, [3, 3, 3])
+    sched = from_list([op] * 3, [2, 2, 2])
     assert np.isfinite(np.asarray(_apply(model, jnp.zeros((2, 28, 28, 1)), sched))).all()
 
 
@@ -149,3 +149,38 @@ def test_api_arguments_outside_their_range():
     profile = Profile(CONFIG.to_dict(), 4, 2, (0.5,), (block,) * 3)
     with pytest.raises(UserError, match="unknown profile metric 'nope'"):
         planner.plan(profile, CONFIG, 0.3, metric="nope")
+
+
+def test_more_api_arguments_of_the_wrong_type():
+    from tofu_jax import planner
+    from tofu_jax.export import export_model
+    from tofu_jax.finetune import FinetuneConfig
+    from tofu_jax.models.dit import DiTConfig
+
+    with pytest.raises(UserError, match="FinetuneConfig.steps must be an integer"):
+        FinetuneConfig(steps="10")
+    with pytest.raises(UserError, match="budget must be a number"):
+        planner.check_budget("0.5")
+    with pytest.raises(UserError, match="platforms"):
+        export_model(CONFIG, None, None, 2, platforms=None)
+    with pytest.raises(UserError, match="DiTConfig.patch_size must be a positive integer"):
+        DiTConfig(patch_size=0)
+    with pytest.raises(UserError, match="protected must be 0, 1 or 2"):
+        merging.importance_keep_indices(jnp.ones((1, 9)), 2, protected=3)
+    with pytest.raises(UserError, match="out of range"):
+        merging.importance_keep_indices(jnp.ones((1, 9)), True)
+
+
+def test_calibration_and_training_inputs_are_checked(model):
+    from tofu_jax.finetune import FinetuneConfig, finetune
+    from tofu_jax.profiler import profile_model
+
+    _, params = model
+    raw = np.full((4, 28, 28, 1), 200.0, np.float32)
+    with pytest.raises(InputError, match="calibration images"):
+        profile_model(CONFIG, params, raw)
+    good = np.zeros((4, 28, 28, 1), np.float32)
+    with pytest.raises(InputError, match="training images"):
+        finetune(CONFIG, params, None, raw, np.zeros(4, int), FinetuneConfig(steps=1, batch_size=2))
+    with pytest.raises(UserError, match="outside the model's 10 classes"):
+        finetune(CONFIG, params, None, good, np.full(4, 12), FinetuneConfig(steps=1, batch_size=2))

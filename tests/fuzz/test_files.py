@@ -273,3 +273,26 @@ def test_train_state_that_is_not_one(tmp_path):
     save_train_state(tmp_path / "other.npz", {"w": np.zeros(2, np.float32)}, optax.sgd(1.0).init({}), 1, {})
     with pytest.raises(CheckpointError, match="another output directory"):
         load_train_state(tmp_path / "other.npz", params, opt)
+
+
+def test_google_npz_of_the_wrong_rank(tmp_path):
+    np.savez(tmp_path / "scanned.npz", **{"Transformer/encoderblock/LayerNorm_0/scale": np.float32(1.0)})
+    with pytest.raises(CheckpointError, match="wrong rank"):
+        load.load_params(tmp_path / "scanned.npz", CONFIG)
+    np.savez(tmp_path / "posemb.npz", pos_embedding=np.zeros(5, np.float32))
+    with pytest.raises(CheckpointError, match="wrong rank"):
+        load.load_params(tmp_path / "posemb.npz", CONFIG)
+
+
+def test_idx_files_of_another_type(tmp_path):
+    from tofu_jax.data.idx import load_split
+
+    for stem, dims, code in (
+        ("t10k-images-idx3-ubyte", (2, 28, 28), 0x0D),
+        ("t10k-labels-idx1-ubyte", (2,), 0x08),
+    ):
+        header = bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+        item = 4 if code == 0x0D else 1
+        (tmp_path / stem).write_bytes(header + bytes(item * int(np.prod(dims))))
+    with pytest.raises(DataError, match="expected uint8"):
+        load_split("test", tmp_path)

@@ -26,8 +26,15 @@ def save_npz(path: str | Path, params) -> None:
     npz_save(path, flatten(params))
 
 
-def to_canonical(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def to_canonical(flat: dict[str, np.ndarray], source: str = "checkpoint") -> dict[str, np.ndarray]:
     """Rename a Google/big_vision flat dict to tofu_jax's canonical (AugReg) names."""
+    try:
+        return _to_canonical(flat)
+    except (ValueError, IndexError) as e:  # a scanned block or root posemb of the wrong rank
+        raise CheckpointError(f"{source}: a stacked or root parameter has the wrong rank: {e}") from None
+
+
+def _to_canonical(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if any(k.startswith("params/") for k in flat):
         flat = {k.removeprefix("params/"): v for k, v in flat.items()}
     out: dict[str, np.ndarray] = {}
@@ -60,4 +67,4 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     flat = npz_load(path)
     if not flat:
         raise CheckpointError(f"{path} holds no arrays")
-    return to_canonical(flat)
+    return to_canonical(flat, str(path))

@@ -95,6 +95,10 @@ def load_split(split: str, directory: str | Path | None = None) -> tuple[np.ndar
     labels = read_idx(_find(directory, lbl_name))
     if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
         raise DataError(f"{split} split: images {images.shape} and labels {labels.shape} do not match")
+    if images.dtype != np.uint8 or labels.dtype != np.uint8:
+        raise DataError(
+            f"{split} split in {directory}: expected uint8 IDX files, got {images.dtype} / {labels.dtype}"
+        )
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{split} labels outside 0..9 in {directory}")
     return images[..., None].astype(np.uint8), labels.astype(np.int32)

@@ -55,6 +55,12 @@ class DiTConfig:
     freq_dim: int = 256  # sinusoidal timestep features
 
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            ok = isinstance(value, int | float) if f.name == "mlp_ratio" else isinstance(value, int)
+            if not ok or isinstance(value, bool) or value <= 0:
+                kind = "number" if f.name == "mlp_ratio" else "integer"
+                raise UserError(f"DiTConfig.{f.name} must be a positive {kind}, got {value!r}")
         if self.image_size % self.patch_size:
             raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.width % self.num_heads:

@@ -84,7 +84,7 @@ def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
         if not isinstance(cfg, dict):
             raise ConfigError(f"{cfg_path} must be a JSON object, got {type(cfg).__name__}")
         act = cfg.get("hidden_act", "gelu")
-        if act not in _HF_GELU:
+        if not isinstance(act, str) or act not in _HF_GELU:
             raise ConfigError(
                 f"{cfg_path}: hidden_act {act!r} is not supported; supported: {sorted(_HF_GELU)}"
             )
