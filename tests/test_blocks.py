@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tofu_jax import merging
 from tofu_jax.blocks import (
     ReductionState,
     ToFuAttention,
     ToFuAttentionNNX,
     TokenReducer,
-    attend,
     restore_all,
 )
 from tofu_jax.matching import output_positions
@@ -144,13 +142,7 @@ def test_linen_and_nnx_attention_agree_with_manual(fused):
     out2, metric2 = mod(x, size)
     np.testing.assert_allclose(out2, want_out, atol=2e-5)
     np.testing.assert_allclose(metric2, want_metric, atol=1e-6)
-    # Same parameter layout as the ViT's attention: bias log(size) == passing size.
-    vit_out, keys, _ = MultiHeadDotProductAttention(4).apply({"params": params}, x, merging.size_bias(size))
+    # Same parameter layout and attention as the ViT's.
+    vit_out, keys, _ = MultiHeadDotProductAttention(4).apply({"params": params}, x, size)
     np.testing.assert_allclose(out, vit_out, atol=2e-5)
     np.testing.assert_allclose(metric, keys.mean(axis=2), atol=1e-6)
-
-
-def test_attend_without_size_is_plain_attention():
-    q, k, v = (jnp.asarray(np.random.default_rng(i).normal(size=(1, 5, 2, 4)), jnp.float32) for i in range(3))
-    ones = jnp.ones((1, 5, 1))
-    np.testing.assert_allclose(attend(q, k, v), attend(q, k, v, ones, fused=False), atol=1e-6)

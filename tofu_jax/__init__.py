@@ -4,6 +4,7 @@ The public API, re-exported. Submodules: ``matching``, ``merging``, ``scoring``,
 ops), ``schedule``, ``flops``, ``profiler``, ``planner``, ``models``, ``checkpoints``, ``data``.
 """
 
+from tofu_jax.attention import attend, cls_attention
 from tofu_jax.linearity import interpolation_errors, linearity
 from tofu_jax.matching import Matching, bipartite_soft_matching, max_reduction
 from tofu_jax.merging import (
@@ -19,7 +20,7 @@ from tofu_jax.merging import (
     unmerge,
 )
 from tofu_jax.schedule import BlockReduction, Schedule, ScheduleError
-from tofu_jax.scoring import cls_attention, gradient_saliency, key_norm
+from tofu_jax.scoring import gradient_saliency, key_norm
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,7 @@ __all__ = [
     "BlockReduction",
     "Matching",
     "Schedule",
+    "attend",
     "ScheduleError",
     "bipartite_soft_matching",
     "cls_attention",

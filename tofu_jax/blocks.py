@@ -51,6 +51,7 @@ import jax.numpy as jnp
 from flax import nnx, struct
 
 from tofu_jax import merging
+from tofu_jax.attention import attend
 from tofu_jax.errors import ConfigError, UserError
 from tofu_jax.matching import Matching, bipartite_soft_matching, check_r, max_reduction
 
@@ -206,29 +207,6 @@ def restore_all(states: Sequence[ReductionState], y: jax.Array) -> jax.Array:
 def keys_metric(keys: jax.Array) -> jax.Array:
     """``keys [B, N, H, hd]`` -> ``[B, N, hd]``: keys averaged over heads (ToMe's metric)."""
     return keys.mean(axis=2)
-
-
-def attend(
-    q: jax.Array, k: jax.Array, v: jax.Array, size: jax.Array | None = None, *, fused: bool = True
-) -> jax.Array:
-    """Softmax attention with proportional attention: ``softmax(q k^T / sqrt(d) + log s_j) v``.
-
-    Args:
-      q, k, v: ``[B, N, H, hd]``.  size: ``[B, N, 1]`` token sizes or None (plain attention).
-      fused: use ``jax.nn.dot_product_attention`` (the bias is additive, so fused kernels apply);
-        False: explicit einsum + softmax in float32.
-    Returns:
-      ``[B, N, H, hd]``.
-    """
-    bias = merging.size_bias(size) if size is not None else None  # [B, 1, 1, N]
-    if fused:
-        return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
-    if bias is not None:
-        logits = logits + bias
-    attn = jax.nn.softmax(logits, axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", attn.astype(v.dtype), v)
 
 
 class ToFuAttention(nn.Module):

@@ -1,4 +1,7 @@
-"""Token-importance scores: which tokens matter to the classifier (higher = more important)."""
+"""Token-importance scores: which tokens matter to the classifier (higher = more important).
+
+CLS attention, the score importance ops use by default, is :func:`tofu_jax.attention.cls_attention`.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +10,6 @@ import jax.numpy as jnp
 
 from tofu_jax.errors import UserError
 from tofu_jax.matching import _check_rank
-
-
-def cls_attention(attn: jax.Array) -> jax.Array:
-    """Attention paid by the CLS query to every key, averaged over heads (EViT).
-
-    Args:
-      attn: ``[B, H, N, N]`` softmax attention probabilities (query, key), CLS at index 0.
-    Returns:
-      ``[B, N]`` float32.
-    """
-    _check_rank("attn", attn, 4, "[B, H, N, N]")
-    return attn[:, :, 0, :].astype(jnp.float32).mean(axis=1)
 
 
 def key_norm(keys: jax.Array) -> jax.Array:

@@ -19,11 +19,12 @@ import jax
 import jax.numpy as jnp
 
 from tofu_jax import merging
+from tofu_jax.attention import attend, cls_attention
 from tofu_jax.errors import ConfigError, InputError
 from tofu_jax.matching import bipartite_soft_matching
 from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, IMPORTANCE_OPS, MATCHING_OPS, Schedule
 from tofu_jax.schedule import none as no_reduction
-from tofu_jax.scoring import cls_attention, key_norm
+from tofu_jax.scoring import key_norm
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -185,8 +186,8 @@ class MultiHeadDotProductAttention(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, bias=None, *, need_cls_attn: bool = False):
-        """x: ``[B, N, D]``; bias: ``[B, 1, 1, N]`` or None.
+    def __call__(self, x, size=None, *, need_cls_attn: bool = False):
+        """x: ``[B, N, D]``; size: ``[B, N, 1]`` (proportional attention) or None.
 
         Returns ``(out [B, N, D], keys [B, N, H, hd], cls_attn [B, N] or None)``.
         """
@@ -198,14 +199,9 @@ class MultiHeadDotProductAttention(nn.Module):
         q = dense(name="query")(x)
         k = dense(name="key")(x)
         v = dense(name="value")(x)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits / jnp.sqrt(jnp.float32(head_dim))
-        if bias is not None:
-            logits = logits + bias
-        attn = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", attn.astype(self.dtype), v)
+        out = attend(q, k, v, size)
         out = nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
-        return out, k, (cls_attention(attn) if need_cls_attn else None)
+        return out, k, (cls_attention(q, k, size) if need_cls_attn else None)
 
 
 class MlpBlock(nn.Module):
@@ -258,11 +254,14 @@ class Encoder1DBlock(nn.Module):
         """
         c = self.config
         dtype = _DTYPES[c.dtype]
-        bias = merging.size_bias(size) if self.prop_attn else None
         y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(x)
         y, keys, cls_attn = MultiHeadDotProductAttention(
             c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
-        )(y, bias, need_cls_attn=self.reduction_op in IMPORTANCE_OPS and c.cls_token)
+        )(
+            y,
+            size if self.prop_attn else None,
+            need_cls_attn=self.reduction_op in IMPORTANCE_OPS and c.cls_token,
+        )
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         x = x + y
         metric = keys.mean(axis=2) if self.metric == "keys" else x
