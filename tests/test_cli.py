@@ -172,3 +172,30 @@ def test_token_groups_marks_pruned_patches():
     sources[1, [1, 2]] = 1
     sources[2, 4] = 1
     np.testing.assert_array_equal(token_groups(sources, 1, 2), [[1, 1], [-1, 2]])
+
+
+def test_run_compiles_each_schedule_once_and_caches_it(assets, tmp_path, capsys):
+    import logging
+
+    import jax
+
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        argv = _common(assets) + [
+            "--budget", "0.3", "--num-examples", "20", "--calib-images", "16", "--search-images", "24",
+            "--batch-size", "8", "--bench-runs", "1", "--out-dir", str(tmp_path / "out"),
+        ]  # fmt: skip
+        assert main(argv) == 0
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    compiles = sum(m.startswith("Compiling jit(apply)") for m in messages)
+    scored = len(res["planner"]["scores"])  # the search's candidates; the winner among them
+    assert compiles == scored + 2  # + baseline and ToMe; evaluation, timing and the winner share programs
+    assert "compiling" in capsys.readouterr().err

@@ -114,13 +114,21 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compile-cache", metavar="DIR|off",
+        help="persistent XLA compile cache (default: $TOFU_JAX_COMPILE_CACHE or ~/.cache/tofu_jax/xla)",
+    )  # fmt: skip
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
+    _runtime_args(p)
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset", default="fashion_mnist_idx", help="fashion_mnist_idx (offline IDX files) or a TFDS name"
     )
     g.add_argument("--data-dir", help="IDX directory or TFDS data_dir")
-    g.add_argument("--batch-size", type=POSITIVE, default=250)
+    g.add_argument("--batch-size", type=POSITIVE, default=64, help="evaluation batch (default 64)")
     g.add_argument("--calib-images", type=POSITIVE, default=256, help="training-split images for profiling")
     g.add_argument("--seed", type=NON_NEGATIVE, default=0)
 
@@ -203,18 +211,20 @@ class _Progress:
         self.bar.close()
 
 
-def _score_fn(config, params, images, labels, batch_size):
+def _score_fn(apply, params, images, labels, batch_size):
     from tofu_jax.data.preprocess import batches
     from tofu_jax.evaluate import accuracy
-    from tofu_jax.models.vit import ViT, make_apply
 
-    apply = make_apply(ViT(config))
     return lambda s: accuracy(apply, params, batches(images, labels, batch_size), s)["top1"]
 
 
-def _make_plan(args, config, params, profile):
+def _make_plan(args, config, params, profile, apply=None):
+    """The ToFu plan for ``--budget``; ``apply`` (from ``make_apply``) lets the caller reuse the
+    programs the search compiles."""
     from tofu_jax import planner
+    from tofu_jax.models.vit import ViT, make_apply
 
+    apply = apply if apply is not None else make_apply(ViT(config))
     score = None
     if args.planner == "search":
         held_x, held_y = _load_split(args, config, "train", args.search_images, offset=args.calib_images)
@@ -223,7 +233,7 @@ def _make_plan(args, config, params, profile):
                 "--planner search has no held-out images: --calib-images takes the whole training split; "
                 "lower --calib-images or use --planner per_block"
             )
-        score = _score_fn(config, params, held_x, held_y, args.batch_size)
+        score = _score_fn(apply, params, held_x, held_y, args.batch_size)
     return planner.plan(
         profile,
         config,
@@ -257,12 +267,14 @@ def _profile(args, config, params):
 def cmd_run(args) -> int:
     from tofu_jax import planner
     from tofu_jax.compare import compare, device_description, format_table
+    from tofu_jax.models.vit import ViT, make_apply
     from tofu_jax.schedule import Schedule
     from tofu_jax.viz import plot_comparison
 
     t0 = time.time()
     planner.check_budget(args.budget)
     config, params = _load_model(args)
+    apply = make_apply(ViT(config))  # one program per schedule, shared by the planner and the comparison
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_x, test_y = _load_split(args, config, "test", args.num_examples)
@@ -278,7 +290,7 @@ def cmd_run(args) -> int:
     else:
         profile = _profile(args, config, params)
         profile.save(out_dir / "profile.json")
-        p = _make_plan(args, config, params, profile)
+        p = _make_plan(args, config, params, profile, apply)
         tofu, plan_meta = p.schedule, p.meta(config)
     tofu.to_json(out_dir / "tofu_schedule.json", meta=plan_meta)
     tome = planner.allocate(config, ["merge_avg"] * config.depth, args.budget, prop_attn=True)
@@ -287,6 +299,7 @@ def cmd_run(args) -> int:
     rows = compare(
         config, params, schedules, test_x, test_y,
         batch_size=args.batch_size, bench_batch=args.bench_batch, bench_runs=args.bench_runs, progress=bar,
+        apply=apply,
     )  # fmt: skip
     bar.close()
     print(format_table(rows))
@@ -487,7 +500,9 @@ def build_parser() -> argparse.ArgumentParser:
     planning(run)
     run.add_argument("--schedule", help="use this schedule JSON for ToFu instead of planning")
     run.add_argument("--num-examples", type=NON_NEGATIVE, default=2000, help="test images (0 = full split)")
-    run.add_argument("--bench-batch", type=POSITIVE, default=64)
+    run.add_argument(
+        "--bench-batch", type=POSITIVE, help="timing batch (default: --batch-size, which reuses its programs)"
+    )
     run.add_argument("--bench-runs", type=POSITIVE, default=5)
     run.add_argument("--out-dir", default="runs/main")
     run.set_defaults(func=cmd_run)
@@ -568,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             parser.print_help()
             return 0
+        from tofu_jax import compile_cache
+
+        compile_cache.enable(getattr(args, "compile_cache", None))
         return args.func(args)
     except (UserError, OSError) as e:
         if debug:
