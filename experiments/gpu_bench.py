@@ -11,6 +11,7 @@ Memory: the compiled program's temp + argument + output bytes (timm: torch.cuda.
 
 import argparse
 import csv
+import os
 import statistics
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from experiments.common import RESULTS, environment, write_json
 from tofu_jax import planner, schedule
+from tofu_jax.attention import IMPLEMENTATION_ENV
 from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViT, init_params, preset
@@ -70,6 +72,10 @@ def main(argv=None):
         p.add_argument(flag, type=int, default=default)
     p.add_argument("--r", type=int, default=16, help="ToMe's tokens merged per block")
     p.add_argument("--no-timm", action="store_true", help="skip the timm (PyTorch) reference")
+    p.add_argument(
+        "--attention", nargs="+", default=["auto"], choices=["auto", "xla", "cudnn"],
+        help="attention backends to time (tofu_jax.attention: auto = cuDNN on GPU for bf16)",
+    )  # fmt: skip
     p.add_argument("--out", help="output stem (default experiments/results/gpu/bench_b16_<device>)")
     args = p.parse_args(argv)
 
@@ -85,14 +91,18 @@ def main(argv=None):
     images = np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)
     x = jax.device_put(images)
 
-    runners, info = {}, {}
-    for name, s in schedules.items():
-        fn = lambda params, x, s=s: model.apply({"params": params}, x, s)
-        t = time.perf_counter()
-        compiled = jax.jit(fn).lower(params, x).compile()
-        info[name] = {"compile_s": time.perf_counter() - t, **compiled_memory(compiled)}
-        runners[name] = lambda c=compiled: c(params, x).block_until_ready()
-        print(f"compiled {name:9s} in {info[name]['compile_s']:.1f}s", flush=True)
+    runners, info, bases = {}, {}, dict(schedules)
+    for backend in args.attention:
+        os.environ[IMPLEMENTATION_ENV] = backend  # read while tracing
+        for base, s in bases.items():
+            name = base if len(args.attention) == 1 else f"{base}[{backend}]"
+            schedules.setdefault(name, s)
+            fn = lambda params, x, s=s: model.apply({"params": params}, x, s)
+            t = time.perf_counter()
+            compiled = jax.jit(fn).lower(params, x).compile()
+            info[name] = {"compile_s": time.perf_counter() - t, **compiled_memory(compiled)}
+            runners[name] = lambda c=compiled: c(params, x).block_until_ready()
+            print(f"compiled {name:9s} in {info[name]['compile_s']:.1f}s", flush=True)
     if not args.no_timm and (run := timm_runner(images)) is not None:
         runners["timm_baseline"], info["timm_baseline"] = run, {"compile_s": None}
     times = {name: [] for name in runners}
@@ -107,7 +117,7 @@ def main(argv=None):
     if "timm_baseline" in runners:
         info["timm_baseline"]["program_bytes"] = __import__("torch").cuda.max_memory_allocated()
 
-    rows, base_med = [], statistics.median(times["baseline"])
+    rows, base_med = [], statistics.median(times[next(iter(runners))])
     for name in runners:
         s, med = schedules.get(name), statistics.median(times[name])
         ratio, speedup = flops(s) / flops(None), base_med / med

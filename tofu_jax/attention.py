@@ -7,10 +7,29 @@ attention on GPUs for bf16/fp16) instead of materialising the ``[B, H, N, N]`` p
 
 from __future__ import annotations
 
+import os
+
 import jax
 import jax.numpy as jnp
 
+from tofu_jax.errors import ConfigError
 from tofu_jax.merging import size_bias
+
+# "auto" (cuDNN flash attention on GPUs for bf16/fp16 with head dims that it supports, XLA elsewhere),
+# "xla" or "cudnn"; read when a program is traced.
+IMPLEMENTATION_ENV = "TOFU_JAX_ATTENTION"
+
+
+def fused_implementation(q: jax.Array) -> str | None:
+    """Backend for :func:`jax.nn.dot_product_attention`: ``"cudnn"``, or None (XLA)."""
+    choice = os.environ.get(IMPLEMENTATION_ENV, "auto")
+    if choice not in ("auto", "xla", "cudnn"):
+        raise ConfigError(f"${IMPLEMENTATION_ENV} must be auto, xla or cudnn, got {choice!r}")
+    if choice == "auto":
+        head_dim = q.shape[-1]
+        cudnn_ok = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
+        choice = "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
+    return "cudnn" if choice == "cudnn" else None
 
 
 def attend(
@@ -27,7 +46,12 @@ def attend(
     """
     bias = size_bias(size) if size is not None else None  # [B, 1, 1, N] float32
     if fused:
-        return jax.nn.dot_product_attention(q, k, v, bias=None if bias is None else bias.astype(q.dtype))
+        implementation = fused_implementation(q)
+        if bias is not None:
+            bias = bias.astype(q.dtype)
+            if implementation == "cudnn":  # cuDNN takes a bias with the full [T, S] extent
+                bias = jnp.broadcast_to(bias, (q.shape[0], 1, q.shape[1], k.shape[1]))
+        return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
     logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
     if bias is not None:

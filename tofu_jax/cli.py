@@ -234,6 +234,8 @@ def _make_plan(args, config, params, profile, apply=None):
                 "lower --calib-images or use --planner per_block"
             )
         score = _score_fn(apply, params, held_x, held_y, args.batch_size)
+    if score is not None:
+        print(f"planning: scoring candidate schedules on {len(held_x)} held-out training images", flush=True)
     return planner.plan(
         profile,
         config,
@@ -242,6 +244,7 @@ def _make_plan(args, config, params, profile, apply=None):
         metric=args.metric,
         score=score,
         selection=args.selection,
+        progress=lambda name, top1: print(f"  {name:<24s} top-1 {top1:.2%}", flush=True),
     )
 
 
@@ -260,6 +263,7 @@ def _profile(args, config, params):
     from tofu_jax.profiler import profile_model
 
     calib_x, _ = _load_split(args, config, "train", args.calib_images)
+    print(f"profiling linearity on {len(calib_x)} training images", flush=True)
     return profile_model(config, params, calib_x, r_profile=args.r_profile, seed=args.seed)
 
 

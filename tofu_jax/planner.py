@@ -206,10 +206,12 @@ def plan(
     metric: str = "L_mlp_matched",
     score: Callable[[Schedule], float] | None = None,
     selection: str = "redundancy",
+    progress: Callable[[str, float], None] | None = None,
     **options,
 ) -> Plan:
     """Profile + budget -> :class:`Plan`. ``mode="search"`` needs ``score`` (higher is better).
 
+    ``progress(name, score)`` is called after each search candidate is scored.
     ``selection="importance"`` makes the chosen ops pick their source tokens by importance (CLS
     attention) instead of redundancy; in search mode both selections are candidates regardless.
     """
@@ -251,6 +253,8 @@ def plan(
             failures.append(f"{name}: {e}")
             continue
         scores[name] = float(score(sched))
+        if progress:
+            progress(name, scores[name])
         if best is None or scores[name] > scores[best[0]]:
             best = (name, sched)
     if best is None:

@@ -8,13 +8,14 @@ NHWC for tofu_jax). Without reduction the logits must agree to 1e-4 in float32.
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tofu_jax.checkpoints import load
+from tofu_jax.checkpoints import load, torch_formats
 from tofu_jax.checkpoints.common import flatten
 from tofu_jax.models.vit import ViT, ViTConfig
 
@@ -107,6 +108,39 @@ def test_timm_vit(timm, torch, tmp_path, case):
     path = _save_safetensors(module.state_dict(), tmp_path / "timm.safetensors")
     _check(torch, module, path, config, fmt="auto")
     _check(torch, module, path, config, fmt="timm")
+
+
+def test_timm_preset_takes_exact_gelu_from_the_format(timm, torch, tmp_path):
+    """A preset states no numerics: the timm format must supply exact GELU, or logits drift ~1e-4."""
+    from tofu_jax.models.loading import load_model
+
+    module = _timm_model(timm, torch)
+    path = _save_safetensors(module.state_dict(), tmp_path / "timm.safetensors")
+    card = tmp_path / "shape.json"
+    card.write_text(json.dumps({k: v for k, v in TINY.items()}))  # shapes only, no GELU/eps
+    config, params = load_model(path, str(card))
+    assert config.gelu_approximate is False and config.layernorm_eps == 1e-6
+    images = _images()
+    np.testing.assert_allclose(_ours(params, config, images), _torch_logits(torch, module, images), atol=1e-5)
+
+
+@pytest.mark.parametrize("r", [2, 3])
+def test_tome_mode_matches_the_pytorch_tome_reference(timm, torch, r):
+    """Our constant-r ToMe schedule (average merge, proportional attention) against
+    experiments/torch_reference.py's ToMe for timm, on the same weights."""
+    from experiments.torch_reference import tome_forward
+    from tofu_jax.schedule import constant
+
+    module = _timm_model(timm, torch)
+    config = ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False)
+    state = {k: v.numpy() for k, v in module.state_dict().items()}
+    params = load.adapt(torch_formats.convert(state, "timm", config), config)
+    images = _images(n=4)
+    with torch.no_grad():
+        ref = tome_forward(module, torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), r).numpy()
+    sched = constant(config.depth, r, "merge_avg", prop_attn=True)
+    ours = np.asarray(ViT(config).apply({"params": params}, jnp.asarray(images), sched))
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
 def test_timm_deit_distilled(timm, torch, tmp_path):
