@@ -1,4 +1,4 @@
-"""A deliberately plain NumPy reference of SPEC §2-§3 (loops, no vectorised tricks)."""
+"""A deliberately plain NumPy reference of docs/algorithms.md §2-§3 (loops, no vectorised tricks)."""
 
 from __future__ import annotations
 

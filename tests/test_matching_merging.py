@@ -1,4 +1,4 @@
-"""The ops against the NumPy reference, plus hypothesis properties (SPEC §2-§3)."""
+"""The ops against the NumPy reference, plus hypothesis properties (docs/algorithms.md §2-§3)."""
 
 import jax
 import jax.numpy as jnp

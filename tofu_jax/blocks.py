@@ -102,7 +102,7 @@ class ReductionState:
 
 @dataclasses.dataclass(frozen=True)
 class TokenReducer:
-    """One block's token reduction by bipartite soft matching (SPEC §2-§3).
+    """One block's token reduction by bipartite soft matching (docs/algorithms.md §2-§3).
 
     Frozen and hashable, so it can be a Linen module field or a ``jax.jit`` static argument.
 

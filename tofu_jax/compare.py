@@ -1,7 +1,7 @@
 """Evaluate several schedules of one model side by side: top-1, GFLOPs, images/s, speedup.
 
 Throughput timings of all schedules are interleaved in one loop so that machine noise hits every
-schedule alike; the speedups are ratios measured in the same run (SPEC §9).
+schedule alike; the speedups are ratios measured in the same run (docs/algorithms.md §9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Accuracy over a dataset and throughput of a compiled model (SPEC §9)."""
+"""Accuracy over a dataset and throughput of a compiled model (docs/algorithms.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Analytic FLOPs of a ViT under a reduction schedule (SPEC §7).
+"""Analytic FLOPs of a ViT under a reduction schedule (docs/algorithms.md §7).
 
 Counted as multiply-adds x 2 (the convention of XLA's ``cost_analysis()['flops']``) for the matrix
 products only: per block with ``N`` tokens entering attention and ``N'`` leaving the reduction,

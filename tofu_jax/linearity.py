@@ -1,4 +1,4 @@
-"""The linearity metric of SPEC §6: how far a function is from linear between pairs of tokens.
+"""The linearity metric of docs/algorithms.md §6: how far a function is from linear between pairs of tokens.
 
     L = E ||f(a x1 + (1-a) x2) - (a f(x1) + (1-a) f(x2))||^2  /  E ||f(x1) - f(x2)||^2
 

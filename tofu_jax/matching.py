@@ -66,7 +66,7 @@ def _check_rank(name: str, x: jax.Array, rank: int, shape_doc: str) -> None:
 
 
 def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) -> Matching:
-    """ToMe's bipartite soft matching (SPEC §2).
+    """ToMe's bipartite soft matching (docs/algorithms.md §2).
 
     Args:
       metric: ``[B, N, C]`` similarity features (keys averaged over heads). Compared by cosine.

@@ -1,4 +1,6 @@
-"""Token-reduction ops on a :class:`~tofu_jax.matching.Matching` (SPEC §3) and proportional attention.
+"""Token-reduction ops on a :class:`~tofu_jax.matching.Matching` and proportional attention.
+
+See docs/algorithms.md §3 (the ops) and §4 (proportional attention).
 
 Every op is a pure function of arrays plus static ints: shapes are fixed by ``r``, so each static
 configuration compiles once. Sizes ``s: [B, N, 1]`` count how many original patches a token stands for.
@@ -107,7 +109,8 @@ def merge_mlerp(
 ) -> tuple[jax.Array, jax.Array]:
     """ToFu MLERP merge: direction of the size-weighted average, norm of the merged tokens.
 
-    ``norm="max"``: result norm is ``max_i ||x_i||`` over the dst and its srcs (default, SPEC §3).
+    ``norm="max"``: result norm is ``max_i ||x_i||`` over the dst and its srcs (default,
+    docs/algorithms.md §3).
     ``norm="weighted_mean"``: ``sum(s_i ||x_i||) / sum(s_i)``. A zero average gives a zero token.
 
     Args:
@@ -221,7 +224,7 @@ def merge_sources(sources: jax.Array, m: Matching, *, merged: bool) -> jax.Array
 
 
 def size_bias(size: jax.Array) -> jax.Array:
-    """Proportional-attention bias ``log(s_j)`` added to logits of key ``j`` (SPEC §4).
+    """Proportional-attention bias ``log(s_j)`` added to logits of key ``j`` (docs/algorithms.md §4).
 
     Args:
       size: ``[B, N, 1]``.

@@ -1,4 +1,4 @@
-"""Per-block linearity profile of a ViT on calibration images (SPEC §6).
+"""Per-block linearity profile of a ViT on calibration images (docs/algorithms.md §6).
 
 For every block the unreduced model is run once; at the point where a schedule would reduce
 (after the attention residual) we take the token pairs bipartite matching would merge and, as a

@@ -1,4 +1,4 @@
-"""Logit parity with timm and Hugging Face transformers on tiny random-weight models (SPEC §8).
+"""Logit parity with timm and Hugging Face transformers on tiny random-weight models (docs/algorithms.md §8).
 
 The reference models get random values in every parameter (LayerNorm scales and biases included),
 their state dicts are written as safetensors / ``torch.save`` files, loaded with

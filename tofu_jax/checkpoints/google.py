@@ -1,6 +1,6 @@
 """Google checkpoints (.npz): original AugReg/vision_transformer names and big_vision variants.
 
-Handled differences (SPEC §8): a ``params/`` prefix, Linen-numbered block modules
+Handled differences (docs/algorithms.md §8): a ``params/`` prefix, Linen-numbered block modules
 (``MultiHeadDotProductAttention_0``, ``LayerNorm_1``, ``MlpBlock_0``), a root-level ``pos_embedding``
 without the CLS row, and a scanned ``encoderblock`` with a leading depth axis.
 """

@@ -1,4 +1,6 @@
-"""PyTorch-side checkpoints: timm and Hugging Face ``transformers`` ViT/DeiT state dicts (SPEC §8).
+"""PyTorch-side checkpoints: timm and Hugging Face ``transformers`` ViT/DeiT state dicts.
+
+Layouts: docs/algorithms.md §8.
 
 Files are read without pickle where possible: ``.safetensors`` through ``safetensors.numpy`` (no torch
 needed); ``.pth`` / ``.pt`` / ``.bin`` through ``torch.load(weights_only=True)`` when torch is installed.

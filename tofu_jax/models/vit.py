@@ -4,7 +4,7 @@ Parameter names follow google-research/vision_transformer (``embedding``, ``cls`
 ``Transformer/posembed_input/pos_embedding``, ``Transformer/encoderblock_i/{LayerNorm_0,
 MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3}``, ``Transformer/encoder_norm``, ``head``),
 so AugReg ``.npz`` checkpoints load without renaming. Reduction happens inside each block after the
-attention residual and before the MLP (SPEC §1), as chosen by a hashable :class:`Schedule`.
+attention residual and before the MLP (docs/algorithms.md §1), as chosen by a hashable :class:`Schedule`.
 """
 
 from __future__ import annotations
