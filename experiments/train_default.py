@@ -42,7 +42,7 @@ from tofu_jax.train import (
 ASSETS = Path(__file__).resolve().parents[1] / "tofu_jax" / "assets"
 BASE = ViTConfig(
     image_size=28, patch_size=2, channels=1, num_classes=10,
-    width=96, depth=12, mlp_dim=384, num_heads=3,
+    width=96, depth=12, mlp_dim=384, num_heads=3, input_norm="inception",
 )  # fmt: skip
 
 
@@ -191,7 +191,7 @@ def main(argv=None):
         "experiments/train_default.py; CLS token at index 0, Google npz layout.",
         "config": BASE.to_dict(),
         "dataset": "fashion_mnist (IDX files), test split 10000 images",
-        "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1]); no resize",
+        "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1], input_norm 'inception'); no resize",
         "training": {
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,

@@ -29,6 +29,9 @@ def fused_implementation(q: jax.Array) -> str | None:
         head_dim = q.shape[-1]
         cudnn_ok = q.dtype in (jnp.bfloat16, jnp.float16) and head_dim % 8 == 0 and head_dim <= 128
         choice = "cudnn" if cudnn_ok and jax.default_backend() == "gpu" else "xla"
+    if choice == "cudnn" and (jax.default_backend() != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16)):
+        raise ConfigError(f"${IMPLEMENTATION_ENV}=cudnn needs a GPU and bf16/fp16 compute (got "
+                          f"{jax.default_backend()}, {q.dtype}); use auto or xla")  # fmt: skip
     return "cudnn" if choice == "cudnn" else None
 
 

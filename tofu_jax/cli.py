@@ -117,7 +117,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile-cache", metavar="DIR|off",
-        help="persistent XLA compile cache (default: $TOFU_JAX_COMPILE_CACHE or ~/.cache/tofu_jax/xla)",
+        help="persistent XLA compile cache, or off (default: $TOFU_JAX_COMPILE_CACHE, "
+        "$JAX_COMPILATION_CACHE_DIR, else $XDG_CACHE_HOME or ~/.cache, under tofu_jax/xla)",
     )  # fmt: skip
 
 
@@ -534,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--platforms", type=_platforms, default="cpu", help="comma-separated, e.g. cpu,cuda")
     ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
     ex.add_argument("--out", default="export", help="output directory")
+    _runtime_args(ex)
     ex.set_defaults(func=cmd_export)
     vis = sub.add_parser("visualize", help="draw which patches each final token absorbed")
     _model_args(vis)

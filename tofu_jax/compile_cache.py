@@ -38,15 +38,20 @@ def enable(path: str | None = None) -> Path | None:
     compile, since the small ones add up over a job.
     """
     choice = path if path is not None else default_dir()
+    if not choice.strip():
+        raise UserError("the compile cache directory is empty; pass --compile-cache DIR or off")
     if choice == OFF:
         jax.config.update("jax_enable_compilation_cache", False)
         return None
     directory = Path(choice).expanduser()
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        problem = None if os.access(directory, os.W_OK) else "not writable"
     except OSError as e:
-        raise UserError(f"cannot use {directory} as the compile cache ({e.strerror}); pass "
-                        f"--compile-cache DIR or --compile-cache off") from None  # fmt: skip
+        problem = e.strerror
+    if problem:
+        raise UserError(f"cannot use {directory} as the compile cache ({problem}); set --compile-cache or "
+                        f"${ENV} to another directory, or to off")  # fmt: skip
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -4,6 +4,7 @@ accuracy), with augmentation, warm-up + cosine learning rate, and resumable ``.n
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,9 +36,10 @@ class FinetuneConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value, integral = getattr(self, f.name), f.type in ("int", int)
-            if not isinstance(value, int if integral else int | float) or isinstance(value, bool):
-                kind = "an integer" if integral else "a number"
-                raise UserError(f"FinetuneConfig.{f.name} must be {kind}, got {value!r}")
+            kind = numbers.Integral if integral else numbers.Real
+            if not isinstance(value, kind) or isinstance(value, bool):
+                wanted = "an integer" if integral else "a number"
+                raise UserError(f"FinetuneConfig.{f.name} must be {wanted}, got {value!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise UserError(
                 f"finetune needs steps >= 1 and batch size >= 1, got {self.steps} and {self.batch_size}"

@@ -56,8 +56,9 @@ def model_flops(config: ViTConfig, schedule: Schedule | None = None) -> FlopsRep
         for i, b in enumerate(schedule.blocks)
     )
     heads = 1 + int(config.distilled)
-    head = 2.0 * config.width * config.num_classes * heads
-    if config.representation_size:
+    features = config.representation_size or config.width
+    head = 2.0 * features * config.num_classes * heads
+    if config.representation_size:  # the pre-logits Dense D -> R before each head
         head += 2.0 * config.width * config.representation_size * heads
     return FlopsReport(embed + sum(blocks) + head, embed, blocks, head, tuple(counts))
 

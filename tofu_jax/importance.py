@@ -88,7 +88,15 @@ class SaliencyProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> SaliencyProfile:
-        d = json.loads(Path(path).read_text())
+        try:
+            return cls._parse(json.loads(Path(path).read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise UserError(
+                f"{path} is not a saliency profile written by save(): {type(e).__name__}: {e}"
+            ) from None
+
+    @classmethod
+    def _parse(cls, d: dict) -> SaliencyProfile:
         blocks = tuple(
             BlockSaliency(
                 b["block"],

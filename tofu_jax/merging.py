@@ -286,8 +286,8 @@ def importance_matching(metric: jax.Array, scores: jax.Array, r: int, protected:
     b, n = metric.shape[:2]
     if scores.shape != (b, n):
         raise UserError(f"scores must have shape {(b, n)} ([B, N]), got {tuple(scores.shape)}")
-    if protected not in (0, 1, 2):
-        raise UserError(f"protected must be 0, 1 or 2, got {protected}")
+    if protected not in (0, 1, 2) or isinstance(protected, bool):
+        raise UserError(f"protected must be 0, 1 or 2, got {protected!r}")
     limit = max_importance_reduction(n, protected)
     if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= limit:
         raise UserError(

@@ -55,6 +55,8 @@ FSDP_MIN_SIZE = 2**14  # leaves with fewer elements stay replicated under FSDP (
 
 def _int_env(name: str) -> int | None:
     value = os.environ.get(name, "").strip()
+    if value and not value.lstrip("-").isdigit():
+        raise UserError(f"${name} must be an integer, got {value!r}")
     return int(value) if value else None
 
 

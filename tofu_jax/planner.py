@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -98,7 +99,7 @@ def check_budget(budget: float | None, target_gflops: float | None = None) -> No
     if (budget is None) == (target_gflops is None):
         raise BudgetError("give exactly one of budget (fraction of FLOPs removed) or target_gflops")
     for name, value in (("budget", budget), ("target_gflops", target_gflops)):
-        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+        if value is not None and (not isinstance(value, numbers.Real) or isinstance(value, bool)):
             raise BudgetError(f"{name} must be a number, got {value!r}")
     if budget is not None and not 0.0 <= budget < 1.0:  # also refuses NaN
         raise BudgetError(f"budget must be a fraction of FLOPs to remove in [0, 1), got {budget}")

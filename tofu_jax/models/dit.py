@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 
 import flax.linen as nn
 import jax
@@ -57,8 +58,8 @@ class DiTConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            ok = isinstance(value, int | float) if f.name == "mlp_ratio" else isinstance(value, int)
-            if not ok or isinstance(value, bool) or value <= 0:
+            ok = isinstance(value, numbers.Real if f.name == "mlp_ratio" else numbers.Integral)
+            if not ok or isinstance(value, bool) or not 0 < value < float("inf"):
                 kind = "number" if f.name == "mlp_ratio" else "integer"
                 raise UserError(f"DiTConfig.{f.name} must be a positive {kind}, got {value!r}")
         if self.image_size % self.patch_size:
