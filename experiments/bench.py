@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.common import RESULTS, environment, write_json
-from tofu_jax import cli, planner
+from tofu_jax import cli, compile_cache, planner
 from tofu_jax.compare import benchmark
 from tofu_jax.flops import model_flops
 from tofu_jax.models.vit import ViT, init_params, make_apply
@@ -35,6 +35,7 @@ def peak_memory_bytes() -> int | None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cli._model_args(p)
+    cli._runtime_args(p)
     p.add_argument("--random", action="store_true", help="random weights (speed only; no checkpoint)")
     p.add_argument("--num-classes-random", type=int, default=1000)
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
@@ -47,6 +48,7 @@ def main(argv=None):
         help="also time all-MLERP and ToMe without proportional attention (cost of the size bias)",
     )  # fmt: skip
     args = p.parse_args(argv)
+    compile_cache.enable(args.compile_cache)
     if args.random:
         from tofu_jax.models.loading import resolve_config
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jax
 
-from tofu_jax import cli
+from tofu_jax import cli, compile_cache
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -27,7 +27,8 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def setup(args):
-    """``(config, params, test_x, test_y, calib_x)``."""
+    """``(config, params, test_x, test_y, calib_x)``; turns on the persistent compile cache first."""
+    compile_cache.enable(args.compile_cache)
     config, params = cli._load_model(args)
     test_x, test_y = cli._load_split(args, config, "test", args.num_examples)
     calib_x, _ = cli._load_split(args, config, "train", args.calib_images)
