@@ -23,7 +23,6 @@ from experiments.common import RESULTS, environment, write_json
 from tofu_jax import planner, schedule
 from tofu_jax.attention import IMPLEMENTATION_ENV
 from tofu_jax.flops import model_flops
-from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViT, init_params, preset
 
 MEM_KEYS = ("temp_size_in_bytes", "argument_size_in_bytes", "output_size_in_bytes")
@@ -33,15 +32,6 @@ def compiled_memory(compiled) -> dict:
     m = compiled.memory_analysis()
     out = {k: None if m is None else int(getattr(m, k, 0) or 0) for k in MEM_KEYS}
     return out | {"program_bytes": None if m is None else sum(out.values())}
-
-
-def tome_schedule(config, r: int):
-    """ToMe's r, clipped per block to ``(N - protected) // 2`` as ToMe does (constant(12, 16) is invalid)."""
-    n, rs = config.num_tokens, []
-    for _ in range(config.depth):
-        rs.append(min(r, max_reduction(n, config.num_prefix)))
-        n -= rs[-1]
-    return schedule.from_list(["merge_avg"] * config.depth, rs, prop_attn=True)
 
 
 def timm_runner(images: np.ndarray):
@@ -82,7 +72,7 @@ def main(argv=None):
     config = preset(args.model, num_classes=1000, dtype="bfloat16", image_size=args.image_size)
     params, model, depth = init_params(config, 0), ViT(config), config.depth
     flops = lambda s: model_flops(config, s).total
-    tome = tome_schedule(config, args.r)
+    tome = schedule.tome_clamped(config.depth, args.r, config.num_tokens, config.num_prefix, prop_attn=True)
     budget = 1 - flops(tome) / flops(None)  # ToFu gets ToMe's FLOPs
     tofu_ops = ["prune"] * (depth // 2) + ["merge_mlerp"] * (depth - depth // 2)
     tofu = planner.allocate(config, tofu_ops, budget, prop_attn=True)

@@ -3,7 +3,7 @@
 #
 #   bash experiments/rerun_bundled.sh                 # everything below
 #   bash experiments/rerun_bundled.sh main sweep      # a subset of: main sweep variants bench figure1
-#                                                     #   visualize finetune timm compile
+#                                                     #   visualize finetune timm scaling compile
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
@@ -44,6 +44,9 @@ if want finetune; then
 fi
 if want timm; then
   "$BIN/python" -m experiments.bench_timm 2>/dev/null | tee "$R/bench_timm_stdout.txt"
+fi
+if want scaling; then
+  "$BIN/python" experiments/scaling_cpu.py 2>/dev/null | tee "$R/scaling_cpu_stdout.txt"
 fi
 if want compile; then
   "$BIN/python" -m experiments.compile_time 2>/dev/null | tee "$R/compile_time_stdout.txt"

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import jax
+from pathlib import Path
 
+import jax
+import numpy as np
+
+from tofu_jax.data.idx import write_idx
 from tofu_jax.models.vit import ViTConfig, init_params
 
 
@@ -18,3 +22,13 @@ def random_params(
     return jax.tree_util.tree_unflatten(
         tree, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys, strict=True)]
     )
+
+
+def write_fashion_idx(directory: Path, train: int, test: int, seed: int = 0) -> Path:
+    """Random 28x28 Fashion-MNIST-style IDX files (``train`` and ``test`` images) in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    return directory

@@ -7,10 +7,9 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import random_params
+from tests.helpers import random_params, write_fashion_idx
 from tofu_jax.checkpoints import google
 from tofu_jax.cli import main
-from tofu_jax.data.idx import write_idx
 from tofu_jax.models.vit import ViTConfig
 
 TINY = ViTConfig(
@@ -24,12 +23,7 @@ def assets(tmp_path_factory):
     params = random_params(TINY, 0, 0.3)
     google.save_npz(root / "tiny.npz", params)
     (root / "tiny.json").write_text(json.dumps({"config": TINY.to_dict()}))
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 120), ("t10k", 40)):
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    write_fashion_idx(root / "data", train=120, test=40)
     return root
 
 

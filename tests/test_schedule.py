@@ -50,3 +50,41 @@ def test_validate_names_block_and_counts():
         S.from_list(["prune", "prune"], [10, 30]).validate(2, 50)
     with pytest.raises(S.ScheduleError, match="missing"):
         S.Schedule.from_json("/nonexistent/missing.json")
+
+
+# (depth, r, inflect) -> ToMe's parse_r output, worked out by hand from its formula: start at
+# int(r (1 - inflect)), end at 2r - start, truncate every step of the linear ramp.
+TOME_TABLE = {
+    (12, 8, -0.5): [12, 11, 10, 9, 9, 8, 7, 6, 6, 5, 4, 4],
+    (12, 13, -0.5): [19, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7],
+    (12, 7, 0.5): [3, 3, 4, 5, 5, 6, 7, 8, 8, 9, 10, 11],  # a ramp from 3.5 would start 3, 4, 4, ...
+    (12, 5, 0.0): [5] * 12,
+    (6, 3, -1.0): [6, 4, 3, 2, 1, 0],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TOME_TABLE))
+def test_tome_r_reproduces_parse_r(case):
+    assert S.tome_r(*case) == TOME_TABLE[case]
+    assert [b.r for b in S.tome_inflect(*case).blocks] == TOME_TABLE[case]
+
+
+def test_tome_clamped_shrinks_r_where_tokens_run_out():
+    strict = S.constant(12, 16)
+    with pytest.raises(S.ScheduleError, match="block 11"):
+        strict.validate(12, 197, 1)
+    clamped = S.tome_clamped(12, 16, num_tokens=197, protected=1)
+    assert [b.r for b in clamped.blocks] == [16] * 11 + [10]
+    clamped.validate(12, 197, 1)
+    assert S.tome_clamped(12, 8, 197, inflect=-0.5) == S.tome_inflect(12, 8, -0.5)
+
+
+def test_compact_form_round_trips_and_rejects_typos():
+    sched = S.from_list(["none", "prune", "prune", "merge_mlerp"], [0, 11, 12, 12])
+    assert S.Schedule.from_compact(sched.describe()) == sched
+    assert S.Schedule.load("nonex1,prune:11x1,prune:12x1,merge_mlerp:12") == sched
+    for bad in ("prune", "none:3", "prune:x2", "prune:2x0", "", "prune:2,,"):
+        with pytest.raises(S.ScheduleError, match="expected op:r or none"):
+            S.Schedule.from_compact(bad)
+    with pytest.raises(S.ScheduleError, match="unknown op 'melt'"):
+        S.Schedule.load("melt:2x12")

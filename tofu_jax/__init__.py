@@ -5,6 +5,8 @@ ops), ``schedule``, ``flops``, ``profiler``, ``planner``, ``models``, ``checkpoi
 """
 
 from tofu_jax.attention import attend, cls_attention
+from tofu_jax.blocks import TokenReducer
+from tofu_jax.errors import UserError
 from tofu_jax.linearity import interpolation_errors, linearity
 from tofu_jax.matching import Matching, bipartite_soft_matching, max_reduction
 from tofu_jax.merging import (
@@ -19,12 +21,23 @@ from tofu_jax.merging import (
     size_bias,
     unmerge,
 )
+from tofu_jax.models.loading import load_model
+from tofu_jax.models.vit import ViT, ViTConfig, make_apply
+from tofu_jax.planner import allocate, plan
 from tofu_jax.schedule import BlockReduction, Schedule, ScheduleError
 from tofu_jax.scoring import gradient_saliency, key_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "TokenReducer",
+    "UserError",
+    "ViT",
+    "ViTConfig",
+    "allocate",
+    "load_model",
+    "make_apply",
+    "plan",
     "BlockReduction",
     "Matching",
     "Schedule",

@@ -254,7 +254,7 @@ def _schedule_from_args(args, config, params):
     from tofu_jax.schedule import Schedule
 
     if args.schedule:
-        sched = Schedule.from_json(args.schedule)
+        sched = Schedule.load(args.schedule)
         sched.validate(config.depth, config.num_tokens, config.num_prefix)
         return sched
     return _make_plan(args, config, params, _profile(args, config, params)).schedule
@@ -289,7 +289,7 @@ def cmd_run(args) -> int:
         flush=True,
     )
     if args.schedule:
-        tofu = Schedule.from_json(args.schedule)
+        tofu = Schedule.load(args.schedule)
         tofu.validate(config.depth, config.num_tokens, config.num_prefix)
         plan_meta = {"mode": "file", "path": args.schedule}
     else:
@@ -358,7 +358,7 @@ def cmd_export(args) -> int:
     from tofu_jax.schedule import Schedule
 
     config, params = _load_model(args)
-    schedule = Schedule.from_json(args.schedule) if args.schedule else None
+    schedule = Schedule.load(args.schedule) if args.schedule else None
     meta = {"checkpoint": args.checkpoint, "model": args.model, "schedule": args.schedule}
     side = write_export(
         args.out, config, params, schedule, args.batch, platforms=args.platforms, tf=args.tf, meta=meta
@@ -503,7 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(run)
     _data_args(run)
     planning(run)
-    run.add_argument("--schedule", help="use this schedule JSON for ToFu instead of planning")
+    run.add_argument(
+        "--schedule",
+        help="use this schedule, not a plan: a JSON file or the compact form prune:4x5,merge_mlerp:5x7",
+    )
     run.add_argument("--num-examples", type=NON_NEGATIVE, default=2000, help="test images (0 = full split)")
     run.add_argument(
         "--bench-batch", type=POSITIVE, help="timing batch (default: --batch-size, which reuses its programs)"

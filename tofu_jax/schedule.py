@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -183,6 +184,32 @@ class Schedule:
         return text
 
     @classmethod
+    def from_compact(cls, text: str, **options) -> Schedule:
+        """Parse :meth:`describe`'s form, e.g. ``prune:4x5,merge_mlerp:5x7`` or ``none,prune:8x11``.
+
+        Each comma-separated run is ``op:r`` (or ``none``), optionally ``xN`` for N blocks in a row.
+        """
+        blocks: list[BlockReduction] = []
+        for run in text.split(","):
+            m = re.fullmatch(r"\s*([a-z_]+?)(?::(\d+))?(?:x(\d+))?\s*", run)
+            if not m or (m.group(2) is None) != (m.group(1) == "none") or m.group(3) in ("0", "00"):
+                raise ScheduleError(
+                    f"cannot read {run.strip()!r} in schedule {text!r}: expected op:r or none, optionally "
+                    "followed by xN (e.g. prune:4x5,merge_mlerp:5x7)"
+                )
+            op, r, count = m.group(1), int(m.group(2) or 0), int(m.group(3) or 1)
+            blocks.extend([BlockReduction(op, r)] * count)
+        return cls(tuple(blocks), **options)
+
+    @classmethod
+    def load(cls, source: str | Path) -> Schedule:
+        """A schedule JSON file, JSON text, or the compact form of :meth:`from_compact`."""
+        text = str(source)
+        if text.lstrip().startswith("{") or Path(text).suffix == ".json" or Path(text).is_file():
+            return cls.from_json(source)
+        return cls.from_compact(text)
+
+    @classmethod
     def from_json(cls, source: str | Path) -> Schedule:
         """Parse a JSON string or read a ``.json`` file."""
         text = str(source)
@@ -220,14 +247,36 @@ def constant(depth: int, r: int, op: str = "merge_avg", **options) -> Schedule:
     return from_list([op] * depth, [r] * depth, **options)
 
 
-def tome_inflect(depth: int, r: int, inflect: float = -0.5, op: str = "merge_avg", **options) -> Schedule:
-    """ToMe's linear schedule: r per block goes from ``r(1-inflect)`` to ``r(1+inflect)``.
+def tome_r(depth: int, r: int, inflect: float = 0.0) -> list[int]:
+    """ToMe's ``parse_r`` for ``(r, inflect)``: a linear ramp from ``int(r(1 - inflect))`` to its
+    mirror ``2r - int(r(1 - inflect))``, each entry truncated (the start value is truncated first)."""
+    start = int(r * (1.0 - inflect))
+    step = (2 * r - 2 * start) / max(depth - 1, 1)
+    return [int(start + step * i) for i in range(depth)]
 
-    ``inflect=-0.5`` is ToMe's decreasing schedule, 0 constant, +0.5 increasing.
-    """
-    lo, hi = r * (1.0 - inflect), r * (1.0 + inflect)
-    step = (hi - lo) / max(depth - 1, 1)
-    return from_list([op] * depth, [int(lo + step * i) for i in range(depth)], **options)
+
+def tome_inflect(depth: int, r: int, inflect: float = -0.5, op: str = "merge_avg", **options) -> Schedule:
+    """ToMe's linear schedule (:func:`tome_r`); ``inflect=-0.5`` is ToMe's decreasing schedule,
+    0 constant, +0.5 increasing. Strict: a block asked for more tokens than it has fails validation."""
+    return from_list([op] * depth, tome_r(depth, r, inflect), **options)
+
+
+def tome_clamped(
+    depth: int,
+    r: int,
+    num_tokens: int,
+    protected: int = 1,
+    inflect: float = 0.0,
+    op: str = "merge_avg",
+    **options,
+) -> Schedule:
+    """ToMe's runtime behaviour: each block removes ``min(r_i, (N_i - protected) // 2)`` tokens, so a
+    large ``r`` (ViT-B/16 with r = 16) shrinks in the last blocks instead of being refused."""
+    rs, n = [], num_tokens
+    for want in tome_r(depth, r, inflect):
+        rs.append(min(want, max_reduction(n, protected)))
+        n -= rs[-1]
+    return from_list([op] * depth, rs, **options)
 
 
 def tofu_split(depth: int, r: int, split_block: int, merge_op: str = "merge_mlerp", **options) -> Schedule:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 
 from tests.checkpoints.helpers import random_flat
+from tests.helpers import write_fashion_idx
 from tofu_jax.checkpoints import google
 from tofu_jax.checkpoints.common import unflatten
-from tofu_jax.data.idx import write_idx
 from tofu_jax.models.vit import ViTConfig
 
 CONFIG = ViTConfig(
@@ -25,10 +24,5 @@ def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     google.save_npz(root / "model.npz", unflatten(random_flat(CONFIG)))
     (root / "card.json").write_text(json.dumps({"config": CONFIG.to_dict()}))
-    data = root / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    for prefix, n in (("train", 16), ("t10k", 8)):
-        write_idx(data / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(data / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+    write_fashion_idx(root / "data", train=16, test=8)
     return root

@@ -184,3 +184,28 @@ def test_calibration_and_training_inputs_are_checked(model):
         finetune(CONFIG, params, None, raw, np.zeros(4, int), FinetuneConfig(steps=1, batch_size=2))
     with pytest.raises(UserError, match="outside the model's 10 classes"):
         finetune(CONFIG, params, None, good, np.full(4, 12), FinetuneConfig(steps=1, batch_size=2))
+
+
+def test_environment_and_saved_files(tmp_path, monkeypatch):
+    from tofu_jax import attention, compile_cache
+    from tofu_jax.importance import SaliencyProfile
+    from tofu_jax.parallel import initialize_distributed
+
+    (tmp_path / "saliency.json").write_text('{"blocks": [{"block": "x"}]}')
+    with pytest.raises(UserError, match="not a saliency profile"):
+        SaliencyProfile.load(tmp_path / "saliency.json")
+    monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
+    with pytest.raises(UserError, match="JAX_NUM_PROCESSES must be an integer"):
+        initialize_distributed()
+    with pytest.raises(UserError, match="compile cache directory is empty"):
+        compile_cache.enable("  ")
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot use"):
+        compile_cache.enable(str(tmp_path / "file" / "cache"))
+    q = jnp.ones((1, 5, 2, 8))
+    monkeypatch.setenv(attention.IMPLEMENTATION_ENV, "cudnn")
+    with pytest.raises(ConfigError, match="needs a GPU"):
+        attention.attend(q, q, q)
+    monkeypatch.setenv(attention.IMPLEMENTATION_ENV, "fast")
+    with pytest.raises(ConfigError, match="auto, xla or cudnn"):
+        attention.attend(q, q, q)

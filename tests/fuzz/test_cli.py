@@ -177,3 +177,14 @@ def test_data_that_does_not_fit_the_model_or_flags(files, tmp_path, capsys):
     assert "no held-out images" in _one_error_line(capsys)
     assert main([*run, "--bogus", "1"]) == 2
     assert "see `tofu-jax run --help`" in _one_error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    "text,needle",
+    [("prune:9x3", "at most 8 can be removed"), ("melt:2x3", "unknown op"), ("prune:2x2", "depth 3"),
+     ("prune:two", "expected op:r or none")],
+)  # fmt: skip
+def test_compact_schedules(files, tmp_path, capsys, text, needle):
+    argv = ["run", *_model(files), "--schedule", text, "--num-examples", "4", "--out-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert needle in _one_error_line(capsys)
