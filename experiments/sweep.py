@@ -1,4 +1,4 @@
-"""Zero-shot accuracy-FLOPs-throughput sweep and ablations (issue: experiments).
+"""Zero-shot accuracy-FLOPs-throughput sweep and ablations.
 
 For every FLOPs budget, five ways to spend it are evaluated on the same test images, and their
 throughput is timed in one interleaved loop (ratios comparable within a budget):
@@ -14,8 +14,8 @@ attention on/off, keys vs tokens as similarity, and the split point of the paper
 
     python experiments/sweep.py                     # bundled model, 2000 test images
     python experiments/sweep.py --num-examples 0    # full test split
-    python -m experiments.sweep --num-examples 0 --budgets 0 0.2 0.4 0.6 --planner per_block \
-        --batch-size 64 --ablation-examples 2000          # the committed results
+    python -m experiments.sweep --num-examples 0 --budgets 0 0.4 0.6 --planner per_block \
+        --skip-ablations                                  # the committed results
     python experiments/sweep.py --checkpoint ViT-B_16.npz --model B/16 --dataset imagenet2012 \\
         --data-dir ~/tensorflow_datasets --num-classes 1000   # same table for a published model
 """

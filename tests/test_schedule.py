@@ -83,7 +83,9 @@ def test_compact_form_round_trips_and_rejects_typos():
     sched = S.from_list(["none", "prune", "prune", "merge_mlerp"], [0, 11, 12, 12])
     assert S.Schedule.from_compact(sched.describe()) == sched
     assert S.Schedule.load("nonex1,prune:11x1,prune:12x1,merge_mlerp:12") == sched
-    for bad in ("prune", "none:3", "prune:x2", "prune:2x0", "", "prune:2,,"):
+    long = ",".join(["merge_importance_mlerp:3"] * 12)  # longer than a file name may be
+    assert S.Schedule.load(long).depth == 12
+    for bad in ("prune", "none:3", "prune:x2", "prune:2x0", "prune:2x000", "", "prune:2,,"):
         with pytest.raises(S.ScheduleError, match="expected op:r or none"):
             S.Schedule.from_compact(bad)
     with pytest.raises(S.ScheduleError, match="unknown op 'melt'"):

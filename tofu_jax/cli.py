@@ -533,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="serialized jax.export (StableHLO) artifact + JSON sidecar")
     _model_args(ex)
-    ex.add_argument("--schedule", help="schedule JSON (default: no reduction)")
+    ex.add_argument(
+        "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (default: no reduction)"
+    )
     ex.add_argument("--batch", type=POSITIVE, default=8, help="fixed batch size of the artifact")
     ex.add_argument("--platforms", type=_platforms, default="cpu", help="comma-separated, e.g. cpu,cuda")
     ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
@@ -550,7 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     vis.add_argument(
         "--index", type=NON_NEGATIVE, default=0, help="test-split image to draw when no IMAGE is given"
     )
-    vis.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
+    vis.add_argument(
+        "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (else planned from --budget)"
+    )
     vis.add_argument("--out", default="runs/visualize/tokens.png")
     vis.set_defaults(func=cmd_visualize)
 
@@ -558,7 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(ft)
     _data_args(ft)
     planning(ft)
-    ft.add_argument("--schedule", help="schedule JSON (else planned from --budget)")
+    ft.add_argument(
+        "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (else planned from --budget)"
+    )
     ft.add_argument("--steps", type=POSITIVE, default=100)
     ft.add_argument("--lr", type=_float_in(0.0, 1.0, low_open=True), default=1e-4)
     ft.add_argument("--train-batch", type=POSITIVE, default=64)

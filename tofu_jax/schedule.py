@@ -192,7 +192,7 @@ class Schedule:
         blocks: list[BlockReduction] = []
         for run in text.split(","):
             m = re.fullmatch(r"\s*([a-z_]+?)(?::(\d+))?(?:x(\d+))?\s*", run)
-            if not m or (m.group(2) is None) != (m.group(1) == "none") or m.group(3) in ("0", "00"):
+            if not m or (m.group(2) is None) != (m.group(1) == "none") or int(m.group(3) or 1) < 1:
                 raise ScheduleError(
                     f"cannot read {run.strip()!r} in schedule {text!r}: expected op:r or none, optionally "
                     "followed by xN (e.g. prune:4x5,merge_mlerp:5x7)"
@@ -205,7 +205,7 @@ class Schedule:
     def load(cls, source: str | Path) -> Schedule:
         """A schedule JSON file, JSON text, or the compact form of :meth:`from_compact`."""
         text = str(source)
-        if text.lstrip().startswith("{") or Path(text).suffix == ".json" or Path(text).is_file():
+        if text.lstrip().startswith("{") or Path(text).suffix == ".json" or _is_file(text):
             return cls.from_json(source)
         return cls.from_compact(text)
 
@@ -224,6 +224,13 @@ class Schedule:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as e:
             raise ScheduleError(f"schedule is not valid JSON: {e}") from None
+
+
+def _is_file(text: str) -> bool:
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a long compact schedule is no valid file name
+        return False
 
 
 # --- constructors ---------------------------------------------------------------------------------
