@@ -19,12 +19,9 @@ import numpy as np
 
 from tofu_jax.data.preprocess import renormalize
 from tofu_jax.errors import UserError
+from tofu_jax.profiler import PROFILE_METRICS
 
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
-PROFILE_METRICS = (
-    "L_mlp_matched", "L_mlp_random", "L_block_matched", "L_block_random", "cos_matched", "cos_random",
-    "norm_mean", "norm_cv", "avg_norm_ratio",
-)  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):
