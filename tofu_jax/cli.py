@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tofu_jax.data.preprocess import renormalize
+from tofu_jax.data.preprocess import check_input_norm, renormalize
 from tofu_jax.errors import UserError
+from tofu_jax.export import PLATFORMS
 from tofu_jax.profiler import PROFILE_METRICS
-
-PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -150,12 +149,7 @@ def _load_model(args):
 
 def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
     """``(images float32 [N, H, W, C], labels int32 [N])``, normalised for the model; seeded subsample."""
-    if config.input_norm is None:
-        raise UserError(
-            f"cannot tell how {args.checkpoint or 'this model'} expects its pixels normalised (timm "
-            "checkpoints do not record it): pass --input-norm inception ([-1, 1]: AugReg/Google ViTs), "
-            "imagenet (DeiT and timm models with ImageNet mean/std) or clip"
-        )
+    check_input_norm(config.input_norm)  # before reading what may be a large split
     images, labels = _read_split(args, config, split)
     if labels.size and (labels.min() < 0 or labels.max() >= config.num_classes):
         raise UserError(
@@ -441,8 +435,6 @@ def cmd_visualize(args) -> int:
                 f"image {args.image} is {raw.shape[1]}x{raw.shape[0]}, the model expects "
                 f"{config.image_size}x{config.image_size}"
             )
-        if config.input_norm is None:
-            raise UserError("pass --input-norm: the checkpoint does not record how its pixels are normalised")
         image = renormalize((raw * 2.0 - 1.0)[None], config.input_norm)[0]
     else:
         images, _ = _load_split(args, config, "test", None)

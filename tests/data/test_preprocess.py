@@ -77,3 +77,15 @@ def test_batches_shuffle_and_drop_remainder():
     assert [v for *_, v in dropped] == [3, 3, 3]
     assert list(P.batches(x, y, 5, drop_remainder=True))[-1][2] == 5
     assert list(P.batches(x[:0], y[:0], 4)) == []
+
+
+def test_renormalize_needs_a_known_input_norm():
+    from tofu_jax.errors import UserError
+
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    with pytest.raises(UserError, match="pass --input-norm"):
+        P.renormalize(x, None)
+    with pytest.raises(UserError, match="input_norm must be one of"):
+        P.renormalize(x, "zscore")
+    np.testing.assert_allclose(P.renormalize(x, "imagenet")[0, 0, 0], (0.5 - np.array([0.485, 0.456, 0.406]))
+                               / np.array([0.229, 0.224, 0.225]), rtol=1e-6)  # fmt: skip

@@ -22,8 +22,24 @@ INPUT_NORMS = {
 }
 
 
-def renormalize(images: np.ndarray, input_norm: str) -> np.ndarray:
+MISSING_INPUT_NORM = (
+    "the model's pixel normalisation is unknown (timm checkpoints do not record it): pass --input-norm "
+    "(input_norm= in Python) inception ([-1, 1]: AugReg/Google ViTs), imagenet (DeiT and timm models "
+    "with ImageNet mean/std) or clip"
+)
+
+
+def check_input_norm(input_norm: str | None) -> None:
+    """Raise :class:`UserError` unless ``input_norm`` names one of :data:`INPUT_NORMS`."""
+    if input_norm is None:
+        raise UserError(MISSING_INPUT_NORM)
+    if input_norm not in INPUT_NORMS:
+        raise UserError(f"input_norm must be one of {', '.join(INPUT_NORMS)}, got {input_norm!r}")
+
+
+def renormalize(images: np.ndarray, input_norm: str | None) -> np.ndarray:
     """Map images from [-1, 1] to the ``input_norm`` convention (``[N, H, W, C]``, C = 1 or 3)."""
+    check_input_norm(input_norm)
     mean, std = INPUT_NORMS[input_norm]
     if input_norm == "inception":
         return images
