@@ -12,10 +12,11 @@ def matching(metric: np.ndarray, r: int, protected: int = 1):
         k = k / np.maximum(np.linalg.norm(k, axis=-1, keepdims=True), 1e-6)
         a, b = k[0::2], k[1::2]
         scores = a @ b.T
-        if protected >= 1:
-            scores[0, :] = -np.inf
-        if protected >= 2:
-            scores[:, 0] = -np.inf
+        for i in range(protected):  # token i is A-local i // 2 (even i) or B-local i // 2 (odd i)
+            if i % 2 == 0:
+                scores[i // 2, :] = -np.inf
+            else:
+                scores[:, i // 2] = -np.inf
         best = scores.max(axis=1)
         partner = scores.argmax(axis=1)
         order = np.argsort(-best, kind="stable")
@@ -26,9 +27,9 @@ def matching(metric: np.ndarray, r: int, protected: int = 1):
 
 
 def _join(unm_rows, b_rows, protected):
-    if protected >= 2:
-        return [unm_rows[0], b_rows[0]] + unm_rows[1:] + b_rows[1:]
-    return unm_rows + b_rows
+    """Protected tokens in their original order, then the other kept A rows, then the other B rows."""
+    prefix = [unm_rows[i // 2] if i % 2 == 0 else b_rows[i // 2] for i in range(protected)]
+    return prefix + unm_rows[(protected + 1) // 2 :] + b_rows[protected // 2 :]
 
 
 def reduce(x: np.ndarray, size: np.ndarray, plan, op: str, norm: str = "max", protected: int = 1):

@@ -21,7 +21,9 @@ def _sizes(seed, b, n):
     return np.random.default_rng(seed + 1).integers(1, 5, size=(b, n, 1)).astype(np.float32)
 
 
-@pytest.mark.parametrize("n,r,protected", [(17, 5, 1), (16, 7, 1), (20, 9, 2), (11, 5, 0), (197, 98, 1)])
+@pytest.mark.parametrize(
+    "n,r,protected", [(17, 5, 1), (16, 7, 1), (20, 9, 2), (11, 5, 0), (197, 98, 1), (21, 8, 5), (22, 8, 4)]
+)
 def test_matching_equals_reference(n, r, protected):
     metric = _rand(0, 3, n, 8)
     m = M.bipartite_soft_matching(jnp.asarray(metric), r, protected=protected)
@@ -36,7 +38,7 @@ OP_NORMS = [("prune", "max"), ("merge_avg", "max"), ("merge_mlerp", "max"), ("me
 
 
 @pytest.mark.parametrize("op,norm", OP_NORMS)
-@pytest.mark.parametrize("protected", [0, 1, 2])
+@pytest.mark.parametrize("protected", [0, 1, 2, 5])
 def test_ops_equal_reference(op, norm, protected):
     x, metric, size = _rand(1, 2, 21, 6), _rand(2, 2, 21, 4), _sizes(3, 2, 21)
     r = 7
@@ -205,13 +207,39 @@ def test_size_bias_is_log_size():
         (lambda: M.bipartite_soft_matching(jnp.zeros((2, 10, 4)), 5), "r=5 out of range"),
         (lambda: M.bipartite_soft_matching(jnp.zeros((2, 10, 4)), -1), "0..4"),
         (lambda: M.bipartite_soft_matching(jnp.zeros((10, 4)), 1), "metric must have shape"),
-        (lambda: M.bipartite_soft_matching(jnp.zeros((2, 10, 4)), 2, protected=3), "protected"),
+        (lambda: M.bipartite_soft_matching(jnp.zeros((2, 10, 4)), 2, protected=-1), "protected"),
         (lambda: G.importance_keep_indices(jnp.zeros((2, 5)), 5), "r=5 out of range"),
     ],
 )
 def test_bad_requests_raise_value_error(call, needle):
     with pytest.raises(ValueError, match=needle):
         call()
+
+
+@pytest.mark.parametrize("protected", [3, 4, 5])
+def test_many_protected_tokens_stay_first_in_order_and_never_move(protected):
+    """Register tokens: every protected token is never a source or a destination and leads the output."""
+    n, r = 23, (23 - protected) // 2
+    x = jnp.asarray(_rand(4, 2, n, 6))
+    m = M.bipartite_soft_matching(x, r, protected=protected)
+    pa, pb = M.protected_split(protected)
+    assert (np.asarray(m.src_idx) >= pa).all() and (np.asarray(m.dst_idx) >= pb).all()
+    for op in (G.prune, G.merge_avg, G.merge_mlerp):
+        out, size = op(x, None, m)
+        np.testing.assert_array_equal(np.asarray(out[:, :protected]), np.asarray(x[:, :protected]))
+        np.testing.assert_array_equal(np.asarray(size[:, :protected]), 1.0)
+    positions = np.asarray(M.output_positions(m, n))
+    np.testing.assert_array_equal(
+        positions[:, :protected], np.broadcast_to(np.arange(protected), (2, protected))
+    )
+    restored = G.unmerge(G.merge_avg(x, None, m)[0], m, n)
+    np.testing.assert_array_equal(np.asarray(restored[:, :protected]), np.asarray(x[:, :protected]))
+    keep = G.importance_keep_indices(
+        jnp.asarray(_rand(5, 2, n, 1)[..., 0]), n - protected - 1, protected=protected
+    )
+    np.testing.assert_array_equal(
+        np.asarray(keep[:, :protected]), np.broadcast_to(np.arange(protected), (2, protected))
+    )
 
 
 def test_mismatched_batch_raises():

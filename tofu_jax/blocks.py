@@ -110,8 +110,9 @@ class TokenReducer:
       op: ``"none"``, ``"prune"`` (drop the matched tokens), ``"merge_avg"`` (ToMe size-weighted
         average) or ``"merge_mlerp"`` (ToFu: average direction, max norm).
       r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
-      protected: leading tokens that never move (1: a CLS token, 2: CLS + distillation, 0: no
-        prefix tokens). Required: a wrong guess would silently merge a CLS token away.
+      protected: leading tokens that never move (1: a CLS token, 2: CLS + distillation, 1 + R: CLS and
+        R register tokens, 0: no prefix tokens). Required: a wrong guess would silently merge a CLS
+        token away.
       mlerp_norm: ``"max"`` or ``"weighted_mean"`` (norm rule of ``merge_mlerp``).
 
     Call as ``x, size, state = reducer(x, size, metric)``: ``x [B, N, C]``, ``size [B, N, 1]`` or None
@@ -137,8 +138,8 @@ class TokenReducer:
                 "TokenReducer needs protected=<number of leading tokens that must never move>: 1 for a "
                 "CLS token, 2 for CLS + distillation token, 0 for models without prefix tokens"
             )
-        if self.protected not in (0, 1, 2) or isinstance(self.protected, bool):
-            raise ConfigError(f"protected must be 0, 1 or 2, got {self.protected!r}")
+        if not isinstance(self.protected, int) or isinstance(self.protected, bool) or self.protected < 0:
+            raise ConfigError(f"protected must be a non-negative int, got {self.protected!r}")
         if self.mlerp_norm not in ("max", "weighted_mean"):
             raise UserError(f"mlerp_norm must be 'max' or 'weighted_mean', got {self.mlerp_norm!r}")
 

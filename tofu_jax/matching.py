@@ -24,11 +24,12 @@ class Matching(NamedTuple):
     Tokens are split alternately: set A holds tokens ``0, 2, 4, ...``, set B holds ``1, 3, 5, ...``.
 
     Attributes:
-      unm_idx: ``[B, Na - r]`` int32, A-local indices of the kept A tokens, ascending (so a CLS token
-        at index 0 stays first).
+      unm_idx: ``[B, Na - r]`` int32, A-local indices of the kept A tokens, ascending (so the
+        protected A tokens stay first).
       src_idx: ``[B, r]`` int32, A-local indices of the A tokens removed (pruned or merged).
       dst_idx: ``[B, r]`` int32, B-local index of the best partner of each src token.
-      protected: number of leading protected tokens (0: none, 1: CLS, 2: CLS and distillation).
+      protected: number ``P`` of leading protected tokens (0: none, 1: CLS, 2: CLS and distillation,
+        ``1 + R``: CLS and ``R`` register tokens, ...).
     """
 
     unm_idx: jax.Array
@@ -41,6 +42,17 @@ class Matching(NamedTuple):
         return self.src_idx.shape[-1]
 
 
+def protected_split(protected: int) -> tuple[int, int]:
+    """How many of the ``protected`` leading tokens fall in A (even indices) and in B (odd indices)."""
+    return (protected + 1) // 2, protected // 2
+
+
+def check_protected(protected) -> None:
+    """Raise :class:`UserError` unless ``protected`` is a non-negative Python int."""
+    if not isinstance(protected, int) or isinstance(protected, bool) or protected < 0:
+        raise UserError(f"protected must be a non-negative int (leading tokens), got {protected!r}")
+
+
 def max_reduction(num_tokens: int, protected: int = 1) -> int:
     """Largest ``r`` a bipartite matching can remove from ``num_tokens`` tokens."""
     return max(0, (num_tokens - protected) // 2)
@@ -50,8 +62,7 @@ def check_r(r: int, num_tokens: int, protected: int, *, name: str = "r") -> None
     """Raise ``ValueError`` unless ``0 <= r <= (num_tokens - protected) // 2``."""
     if not isinstance(r, int) or isinstance(r, bool):
         raise UserError(f"{name} must be a static Python int, got {type(r).__name__}")
-    if protected not in (0, 1, 2):
-        raise UserError(f"protected must be 0, 1 or 2, got {protected}")
+    check_protected(protected)
     limit = max_reduction(num_tokens, protected)
     if not 0 <= r <= limit:
         raise UserError(
@@ -71,12 +82,14 @@ def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) ->
     Args:
       metric: ``[B, N, C]`` similarity features (keys averaged over heads). Compared by cosine.
       r: static number of tokens to remove, ``0 <= r <= (N - protected) // 2``.
-      protected: leading tokens that never move. 1 protects a CLS token at index 0 (in A: it is never
-        a source). 2 also protects a distillation token at index 1 (in B: it is never a destination).
+      protected: the ``P`` leading tokens that never move (CLS, distillation, register tokens). The
+        protected A tokens (even indices) are never sources; the protected B tokens (odd indices) are
+        never destinations.
 
     Returns:
-      A :class:`Matching`; ops applied with it return ``N - r`` tokens in the order ``[unm, B]``
-      (with ``protected=2`` the distillation token is moved right after CLS so prefixes stay first).
+      A :class:`Matching`; ops applied with it return ``N - r`` tokens in the order
+      ``[the P protected tokens in their original order, kept A tokens ascending, B tokens ascending]``
+      (:func:`join`); with ``P <= 1`` that is ToMe's ``[unm, B]``.
     """
     _check_rank("metric", metric, 3, "[B, N, C]")
     n = metric.shape[1]
@@ -87,10 +100,11 @@ def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) ->
     metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = jnp.einsum("bic,bjc->bij", a, b)
-    if protected >= 1:
-        scores = scores.at[:, 0, :].set(-jnp.inf)
-    if protected >= 2:
-        scores = scores.at[:, :, 0].set(-jnp.inf)
+    protected_a, protected_b = protected_split(protected)
+    if protected_a:
+        scores = scores.at[:, :protected_a, :].set(-jnp.inf)
+    if protected_b:
+        scores = scores.at[:, :, :protected_b].set(-jnp.inf)
     node_max = scores.max(axis=-1)
     node_idx = scores.argmax(axis=-1).astype(jnp.int32)
     # Stable sort so ties resolve by index, identically to the NumPy reference.
@@ -112,10 +126,28 @@ def gather_tokens(x: jax.Array, idx: jax.Array) -> jax.Array:
 
 
 def join(unm: jax.Array, b: jax.Array, protected: int) -> jax.Array:
-    """Concatenate kept A tokens and B tokens in output order (prefix tokens first)."""
-    if protected >= 2:
-        return jnp.concatenate([unm[:, :1], b[:, :1], unm[:, 1:], b[:, 1:]], axis=1)
-    return jnp.concatenate([unm, b], axis=1)
+    """Kept A tokens ``[B, Ka, ...]`` and B tokens ``[B, Nb, ...]`` in output order.
+
+    The output order rule of every matching op: the ``protected`` leading tokens first, in their
+    original order (token ``i`` is A-local ``i // 2`` for even ``i``, B-local ``i // 2`` for odd
+    ``i``), then the other kept A tokens ascending, then the other B tokens ascending.
+    """
+    if protected <= 1:  # the only protected token (if any) is already unm[:, 0]
+        return jnp.concatenate([unm, b], axis=1)
+    protected_a, protected_b = protected_split(protected)
+    prefix = [(unm if i % 2 == 0 else b)[:, i // 2 : i // 2 + 1] for i in range(protected)]
+    return jnp.concatenate(prefix + [unm[:, protected_a:], b[:, protected_b:]], axis=1)
+
+
+def split_joined(y: jax.Array, num_unm: int, protected: int) -> tuple[jax.Array, jax.Array]:
+    """Inverse of :func:`join`: ``y [B, num_unm + Nb, ...]`` -> ``(unm [B, num_unm, ...], b)``."""
+    if protected <= 1:
+        return y[:, :num_unm], y[:, num_unm:]
+    protected_a = protected_split(protected)[0]
+    rest = protected + num_unm - protected_a
+    unm = jnp.concatenate([y[:, 0:protected:2], y[:, protected:rest]], axis=1)
+    b = jnp.concatenate([y[:, 1:protected:2], y[:, rest:]], axis=1)
+    return unm, b
 
 
 def output_positions(m: Matching, num_tokens: int) -> jax.Array:

@@ -15,7 +15,15 @@ import jax
 import jax.numpy as jnp
 
 from tofu_jax.errors import UserError
-from tofu_jax.matching import Matching, _check_rank, gather_tokens, join, split_ab
+from tofu_jax.matching import (
+    Matching,
+    _check_rank,
+    check_protected,
+    gather_tokens,
+    join,
+    split_ab,
+    split_joined,
+)
 
 MlerpNorm = Literal["max", "weighted_mean"]
 _EPS = 1e-6
@@ -146,8 +154,7 @@ def importance_keep_indices(scores: jax.Array, r: int, *, protected: int = 1) ->
     """
     _check_rank("scores", scores, 2, "[B, N]")
     n = scores.shape[1]
-    if protected not in (0, 1, 2) or isinstance(protected, bool):
-        raise UserError(f"protected must be 0, 1 or 2, got {protected!r}")
+    check_protected(protected)
     if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= n - protected - 1:
         raise UserError(
             f"r={r} out of range: importance pruning of {n} tokens with {protected} protected "
@@ -192,11 +199,7 @@ def unmerge(y: jax.Array, m: Matching, num_tokens: int) -> jax.Array:
     na, nb = (num_tokens + 1) // 2, num_tokens // 2
     if y.shape[1] != n_unm + nb:
         raise UserError(f"y has {y.shape[1]} tokens, the matching produces {n_unm + nb}")
-    if m.protected >= 2:
-        unm = jnp.concatenate([y[:, :1], y[:, 2 : n_unm + 1]], axis=1)
-        b = jnp.concatenate([y[:, 1:2], y[:, n_unm + 1 :]], axis=1)
-    else:
-        unm, b = y[:, :n_unm], y[:, n_unm:]
+    unm, b = split_joined(y, n_unm, m.protected)
 
     def place(u, bb, ui, si, di):
         a = jnp.zeros((na,) + y.shape[2:], y.dtype)
@@ -286,8 +289,7 @@ def importance_matching(metric: jax.Array, scores: jax.Array, r: int, protected:
     b, n = metric.shape[:2]
     if scores.shape != (b, n):
         raise UserError(f"scores must have shape {(b, n)} ([B, N]), got {tuple(scores.shape)}")
-    if protected not in (0, 1, 2) or isinstance(protected, bool):
-        raise UserError(f"protected must be 0, 1 or 2, got {protected!r}")
+    check_protected(protected)
     limit = max_importance_reduction(n, protected)
     if not isinstance(r, int) or isinstance(r, bool) or not 0 <= r <= limit:
         raise UserError(
