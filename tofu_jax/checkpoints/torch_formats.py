@@ -242,13 +242,17 @@ def convert(
         raise CheckpointError(
             f"{source}: converting a {fmt} checkpoint needs the model's ViTConfig (for num_heads)"
         )
+    if fmt == "timm":
+        _check_timm_features(state, config, source)
     rules = _timm_rules() if fmt == "timm" else _hf_rules(_hf_prefix(state))
     out, recognised = _apply(state, rules, config.num_heads, source)
     if not recognised:
         hint = f" (it looks like {detected})" if detected and detected != fmt else ""
         raise CheckpointError(f"{source}: no key of the {fmt} layout found{hint}")
     if fmt == "timm":
-        out = _pad_posemb(out)
+        out = _pad_posemb(out, config)
+        if "embedding/kernel" in out and "embedding/bias" not in out:  # pre-norm (CLIP) models
+            out["embedding/bias"] = np.zeros(out["embedding/kernel"].shape[-1], np.float32)
     elif config.representation_size is None:
         dropped = sorted(k for k in out if k.startswith("pre_logits/"))
         if dropped:
@@ -260,6 +264,72 @@ def convert(
             )
             out = {k: v for k, v in out.items() if k not in dropped}
     return out
+
+
+# timm layers tofu_jax's ViT does not have: refused by name instead of listed as unexpected keys.
+_TIMM_UNSUPPORTED = (
+    (r"blocks\.\d+\.attn\.[qk]_norm\..*", "QK normalisation (qk_norm)"),
+    (r"blocks\.\d+\.attn\.norm\..*", "a norm after attention (scale_attn_norm)"),
+    (r"blocks\.\d+\.mlp\.norm\..*", "a norm inside the MLP (scale_mlp_norm)"),
+    (r"blocks\.\d+\.mlp\.fc1_[gx]\..*", "a gated (SwiGLU) MLP"),
+    (r"blocks\.\d+\.(attn|mlp)\.(q|k|v|w12|w3)\..*", "separate q/k/v or SwiGLU projections"),
+    (r"patch_embed\.norm\..*", "a patch-embedding norm"),
+    (r"attn_pool\.(q_norm|k_norm|pos_embed).*", "an attention pool with query/key norm or positions"),
+    (r"rope\..*|.*\.rope\..*", "rotary position embeddings"),
+)
+
+
+def _first(state: Mapping[str, np.ndarray], pattern: str) -> str | None:
+    return next((k for k in sorted(state) if re.fullmatch(pattern, k)), None)
+
+
+def _check_timm_features(state: Mapping[str, np.ndarray], config, source: str) -> None:
+    """Name an unsupported timm layer, or a feature the checkpoint and the config disagree on."""
+    for pattern, what in _TIMM_UNSUPPORTED:
+        key = _first(state, pattern)
+        if key is not None:
+            raise CheckpointError(
+                f"{source}: unsupported timm architecture: {what} (found {key}); tofu_jax's ViT has "
+                "no such layer"
+            )
+    fix = "pass --model auto (config from the checkpoint) or set"
+    layer_scale = _first(state, r"blocks\.\d+\.ls1\.gamma")
+    if (layer_scale is not None) != config.layer_scale:
+        if layer_scale is not None:
+            problem = f"LayerScale-free model expected (layer_scale=false): found {layer_scale}"
+        else:
+            problem = "LayerScale expected (layer_scale=true): no blocks.i.ls1.gamma found"
+        raise CheckpointError(
+            f"{source}: {problem}; {fix} layer_scale={str(layer_scale is not None).lower()}"
+        )
+    reg = state.get("reg_token")
+    registers = int(reg.shape[1]) if reg is not None and np.ndim(reg) == 3 else 0
+    if registers != config.num_registers:
+        raise CheckpointError(
+            f"{source}: the checkpoint has {registers} register tokens (reg_token) but the model config "
+            f"has num_registers={config.num_registers}; {fix} num_registers={registers}"
+        )
+    norm_pre = "norm_pre.weight" in state
+    if norm_pre != config.norm_pre:
+        where = "has" if norm_pre else "has no"
+        raise CheckpointError(
+            f"{source}: the checkpoint {where} a pre-norm (norm_pre.weight) but the model config has "
+            f"norm_pre={str(config.norm_pre).lower()}; {fix} norm_pre={str(norm_pre).lower()}"
+        )
+    attn_pool = "attn_pool.latent" in state
+    if attn_pool != (config.classifier == "map"):
+        found = "an attention-pool head (attn_pool.latent)" if attn_pool else "no attention-pool head"
+        want = "map" if attn_pool else "token or gap"
+        raise CheckpointError(
+            f"{source}: the checkpoint has {found} but the model config has "
+            f"classifier={config.classifier!r}; {fix} classifier={want}"
+        )
+    latent = state.get("attn_pool.latent")
+    if latent is not None and (np.ndim(latent) != 3 or latent.shape[1] != 1):
+        raise CheckpointError(
+            f"{source}: unsupported timm architecture: an attention pool with {np.shape(latent)} latent "
+            "queries (attn_pool.latent); tofu_jax's MAP head has one"
+        )
 
 
 # A rule: regex on the torch key -> (canonical name template, converter(array, num_heads)).
@@ -300,13 +370,13 @@ def _conv(a, _h):
     return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a
 
 
-def _fused(part: int, conv):
-    """One third of timm's fused ``qkv`` projection, then ``conv``."""
+def _fused(part: int, conv, parts: int = 3):
+    """One of ``parts`` equal row blocks of a fused projection (timm's ``qkv``, ``kv``), then ``conv``."""
 
     def f(a, h):
-        if a.shape[0] % 3:
+        if a.shape[0] % parts:
             return a
-        n = a.shape[0] // 3
+        n = a.shape[0] // parts
         return conv(a[part * n : (part + 1) * n], h)
 
     return f
@@ -315,6 +385,8 @@ def _fused(part: int, conv):
 _BLK = "Transformer/encoderblock_{0}/"
 _ATT = _BLK + "MultiHeadDotProductAttention_1/"
 _MLP = _BLK + "MlpBlock_3/"
+_MAP = "MAPHead_0/"
+_MAP_ATT = _MAP + "MultiHeadDotProductAttention_0/"
 
 
 def _layer(src: str, dst: str, weight=_dense, bias=_same) -> list[Rule]:
@@ -339,8 +411,18 @@ def _timm_rules() -> list[Rule]:
     rules: list[Rule] = [
         (re.compile(r"cls_token"), "cls", _same),
         (re.compile(r"dist_token"), "dist", _same),
+        (re.compile(r"reg_token"), "reg", _same),
         (re.compile(r"pos_embed"), POS, _same),
         *_layer(r"patch_embed\.proj", "embedding", _conv),
+        *_norm(r"norm_pre", "Transformer/norm_pre"),
+        (re.compile(b + r"ls1\.gamma"), _BLK + "ls1/scale", _same),
+        (re.compile(b + r"ls2\.gamma"), _BLK + "ls2/scale", _same),
+        (re.compile(r"attn_pool\.latent"), _MAP + "probe", _same),
+        *_qkv(r"attn_pool\.q", _MAP_ATT + "query"),
+        *_layer(r"attn_pool\.proj", _MAP_ATT + "out", _out_kernel),
+        *_norm(r"attn_pool\.norm", _MAP + "LayerNorm_0"),
+        *_layer(r"attn_pool\.mlp\.fc1", _MAP + "MlpBlock_0/Dense_0"),
+        *_layer(r"attn_pool\.mlp\.fc2", _MAP + "MlpBlock_0/Dense_1"),
         *_norm(b + "norm1", _BLK + "LayerNorm_0"),
         *_norm(b + "norm2", _BLK + "LayerNorm_2"),
         *_layer(b + r"attn\.proj", _ATT + "out", _out_kernel),
@@ -355,6 +437,10 @@ def _timm_rules() -> list[Rule]:
     for i, name in enumerate(("query", "key", "value")):
         rules.append((re.compile(b + r"attn\.qkv\.weight"), _ATT + name + "/kernel", _fused(i, _qkv_kernel)))
         rules.append((re.compile(b + r"attn\.qkv\.bias"), _ATT + name + "/bias", _fused(i, _qkv_bias)))
+    for i, name in enumerate(("key", "value")):
+        kernel, bias = _fused(i, _qkv_kernel, parts=2), _fused(i, _qkv_bias, parts=2)
+        rules.append((re.compile(r"attn_pool\.kv\.weight"), _MAP_ATT + name + "/kernel", kernel))
+        rules.append((re.compile(r"attn_pool\.kv\.bias"), _MAP_ATT + name + "/bias", bias))
     return rules
 
 
@@ -437,18 +523,27 @@ def _apply(
     return out, recognised
 
 
-def _pad_posemb(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """timm ``no_embed_class`` models (DeiT III, ...) keep no position rows for CLS/dist: add zero rows.
+def _pad_posemb(out: dict[str, np.ndarray], config) -> dict[str, np.ndarray]:
+    """timm ``no_embed_class`` models (DeiT III, register models, ...) keep no position rows for their
+    prefix tokens (CLS, distillation, registers): add zero rows, which is the same forward pass.
 
-    A ``pos_embed`` whose row count is a perfect square while prefix tokens exist cannot include them
-    (``m*m + 1`` and ``m*m + 2`` are never squares for ``m >= 1``).
+    The row count tells: the config's patch count, or else a perfect square while ``rows - prefix``
+    is not one (``m*m + 1`` and ``m*m + 2`` are never squares for ``m >= 1``).
     """
     pos = out.get(POS)
     prefix = int("cls" in out) + int("dist" in out)
+    reg = out.get("reg")
+    prefix += int(reg.shape[1]) if reg is not None and reg.ndim == 3 else 0
     if pos is None or pos.ndim != 3 or not prefix:
         return out
     n = pos.shape[1]
-    if int(round(np.sqrt(n))) ** 2 == n:
+
+    def square(k: int) -> bool:
+        return k >= 1 and int(round(np.sqrt(k))) ** 2 == k
+
+    if n == config.num_tokens:
+        return out
+    if n == config.num_patches or (square(n) and not square(n - prefix)):
         out = dict(out)
         out[POS] = np.concatenate([np.zeros((1, prefix, pos.shape[2]), pos.dtype), pos], axis=1)
     return out

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 from tofu_jax import merging
 from tofu_jax.attention import attend, cls_attention
+from tofu_jax.emulate import reduce_runtime
 from tofu_jax.errors import ConfigError, InputError
 from tofu_jax.matching import bipartite_soft_matching
 from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, IMPORTANCE_OPS, MATCHING_OPS, Schedule
@@ -31,7 +32,8 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 _INPUT_NORMS = ("inception", "imagenet", "clip")  # keys of tofu_jax.data.preprocess.INPUT_NORMS
-_BOOL_FIELDS = ("cls_token", "distilled", "fc_norm", "gelu_approximate")
+_BOOL_FIELDS = ("cls_token", "distilled", "fc_norm", "gelu_approximate", "layer_scale", "norm_pre")
+CLASSIFIERS = ("token", "gap", "map")
 _POSITIVE_INT_FIELDS = (
     "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
 )  # fmt: skip
@@ -57,9 +59,14 @@ class ViTConfig:
     depth: int = 12
     mlp_dim: int = 3072
     num_heads: int = 12
-    classifier: str = "token"  # "token": CLS readout; "gap": size-weighted mean of patch tokens
-    cls_token: bool = True  # only meaningful for "gap" (MAE keeps a CLS token but pools patches)
+    # "token": CLS readout; "gap": size-weighted mean of the patch tokens; "map": attention pooling of
+    # the patch tokens by a learned probe (big_vision's MAPHead, timm's attn_pool), sizes as a log bias
+    classifier: str = "token"
+    cls_token: bool = True  # only meaningful for "gap"/"map" (MAE keeps a CLS token but pools patches)
     distilled: bool = False  # DeiT distillation token at index 1 (protected like CLS)
+    num_registers: int = 0  # register tokens after CLS/distillation (timm reg_token), all protected
+    layer_scale: bool = False  # per-channel scales on both residual branches (DeiT III, timm ls1/ls2)
+    norm_pre: bool = False  # LayerNorm after the position embedding, before block 0 (CLIP's ln_pre)
     fc_norm: bool = False  # "gap" as in MAE/timm: LayerNorm after pooling instead of before
     representation_size: int | None = None  # Google's optional pre-logits Dense + tanh
     layernorm_eps: float = 1e-6
@@ -78,8 +85,8 @@ class ViTConfig:
             )
         if self.width % self.num_heads:
             raise ConfigError(f"width {self.width} is not divisible by num_heads {self.num_heads}")
-        if self.classifier not in ("token", "gap"):
-            raise ConfigError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+        if self.classifier not in CLASSIFIERS:
+            raise ConfigError(f"classifier must be one of {', '.join(CLASSIFIERS)}, got {self.classifier!r}")
         if self.classifier == "token" and not self.cls_token:
             raise ConfigError("classifier='token' needs cls_token=True")
         if self.distilled and not self.cls_token:
@@ -100,6 +107,8 @@ class ViTConfig:
                 fail(f.name, "true or false")
             if f.name in _POSITIVE_INT_FIELDS and (not _is_int(v) or v < 1):
                 fail(f.name, "a positive integer")
+        if not _is_int(self.num_registers) or self.num_registers < 0:
+            fail("num_registers", "a non-negative integer")
         if self.representation_size is not None and (
             not _is_int(self.representation_size) or self.representation_size < 1
         ):
@@ -124,8 +133,8 @@ class ViTConfig:
 
     @property
     def num_prefix(self) -> int:
-        """Leading protected tokens: CLS (and the distillation token)."""
-        return int(self.cls_token) + int(self.distilled)
+        """Leading protected tokens: CLS, the distillation token, the register tokens."""
+        return int(self.cls_token) + int(self.distilled) + self.num_registers
 
     @property
     def num_tokens(self) -> int:
@@ -234,7 +243,17 @@ class MlpBranch(nn.Module):
         c = self.config
         dtype = _DTYPES[c.dtype]
         y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_2")(x)
-        return MlpBlock(c.mlp_dim, c.gelu_approximate, 0.0, dtype, name="MlpBlock_3")(y)
+        y = MlpBlock(c.mlp_dim, c.gelu_approximate, 0.0, dtype, name="MlpBlock_3")(y)
+        return LayerScale(name="ls2")(y) if c.layer_scale else y
+
+
+class LayerScale(nn.Module):
+    """Per-channel scale of a residual branch (DeiT III): ``x [..., D] * scale [D]``."""
+
+    @nn.compact
+    def __call__(self, x):
+        scale = self.param("scale", nn.initializers.constant(1e-5), (x.shape[-1],))
+        return x * scale.astype(x.dtype)
 
 
 class Encoder1DBlock(nn.Module):
@@ -248,27 +267,40 @@ class Encoder1DBlock(nn.Module):
     metric: str = "keys"
 
     @nn.compact
-    def __call__(self, x, size, sources, *, deterministic: bool = True):
+    def __call__(self, x, size, sources, *, deterministic: bool = True, runtime=None):
         """x: ``[B, N, D]``, size: ``[B, N, 1]``, sources: ``[B, N, N0]`` or None.
 
-        Returns ``(x, size, sources)`` with ``N - r`` tokens.
+        ``runtime=(n, op, r)`` (int32 scalars) replaces the static op and ``r`` by the fixed-shape
+        emulation of :mod:`tofu_jax.emulate` (live tokens first, dead ones of size 0).
+        Returns ``(x, size, sources)`` with ``N - r`` tokens (``N`` under ``runtime``).
         """
         c = self.config
         dtype = _DTYPES[c.dtype]
         y = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(x)
+        attn_size = size if self.prop_attn else None
+        if runtime is not None and not self.prop_attn:
+            attn_size = (size > 0).astype(jnp.float32)  # bias 0 for live tokens, -inf for dead ones
         y, keys, cls_attn = MultiHeadDotProductAttention(
             c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
         )(
             y,
-            size if self.prop_attn else None,
-            need_cls_attn=self.reduction_op in IMPORTANCE_OPS and c.cls_token,
+            attn_size,
+            need_cls_attn=(runtime is not None or self.reduction_op in IMPORTANCE_OPS) and c.cls_token,
         )
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
+        if c.layer_scale:
+            y = LayerScale(name="ls1")(y)
         x = x + y
         metric = keys.mean(axis=2) if self.metric == "keys" else x
         self.sow("intermediates", "attn_out", x)
         self.sow("intermediates", "metric", metric)
-        x, size, sources = self._reduce(x, size, sources, metric, cls_attn, keys)
+        if runtime is not None:
+            scores = cls_attn if cls_attn is not None else key_norm(keys)
+            x, size = reduce_runtime(
+                x, size, *runtime, metric, scores, protected=c.num_prefix, mlerp_norm=self.mlerp_norm
+            )
+        else:
+            x, size, sources = self._reduce(x, size, sources, metric, cls_attn, keys)
         self.sow("intermediates", "size", size)
         if sources is not None:
             self.sow("intermediates", "sources", sources)
@@ -276,6 +308,8 @@ class Encoder1DBlock(nn.Module):
         y = MlpBlock(c.mlp_dim, c.gelu_approximate, c.dropout_rate, dtype, name="MlpBlock_3")(
             y, deterministic=deterministic
         )
+        if c.layer_scale:
+            y = LayerScale(name="ls2")(y)
         self.sow("intermediates", "mlp_in", x)
         self.sow("intermediates", "mlp_out", y)
         return x + y, size, sources
@@ -323,6 +357,8 @@ class Encoder(nn.Module):
         c = self.config
         x = AddPositionEmbs(name="posembed_input")(x)
         x = nn.Dropout(c.dropout_rate)(x, deterministic=deterministic)
+        if c.norm_pre:
+            x = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=_DTYPES[c.dtype], name="norm_pre")(x)
         batch, n = x.shape[:2]
         size = jnp.ones((batch, n, 1), jnp.float32)
         sources = jnp.broadcast_to(jnp.eye(n, dtype=jnp.float32), (batch, n, n)) if track_sources else None
@@ -401,8 +437,10 @@ class ViT(nn.Module):
             prefix.append(self.param("cls", nn.initializers.zeros, (1, 1, c.width)))
         if c.distilled:
             prefix.append(self.param("dist", nn.initializers.zeros, (1, 1, c.width)))
+        if c.num_registers:
+            prefix.append(self.param("reg", nn.initializers.zeros, (1, c.num_registers, c.width)))
         if prefix:
-            tiled = [jnp.broadcast_to(p, (x.shape[0], 1, c.width)).astype(dtype) for p in prefix]
+            tiled = [jnp.broadcast_to(p, (x.shape[0], *p.shape[1:])).astype(dtype) for p in prefix]
             x = jnp.concatenate(tiled + [x], axis=1)
         x, size, sources = Encoder(c, schedule, name="Transformer")(
             x, deterministic=not train, track_sources=track_sources
@@ -412,6 +450,8 @@ class ViT(nn.Module):
         self.sow("intermediates", "size", size)
         if c.classifier == "token":
             feats = [x[:, 0]] + ([x[:, 1]] if c.distilled else [])
+        elif c.classifier == "map":
+            feats = [MAPHead(c, name="MAPHead_0")(x[:, c.num_prefix :], size[:, c.num_prefix :])]
         else:
             tokens, weights = x[:, c.num_prefix :], size[:, c.num_prefix :]
             pooled = (tokens * weights).sum(axis=1) / weights.sum(axis=1)
@@ -430,6 +470,46 @@ class ViT(nn.Module):
             )
             logits = (logits + head_dist(feats[1])) / 2
         return logits.astype(jnp.float32)
+
+
+class MAPHead(nn.Module):
+    """Multihead attention pooling: one learned probe attends to the tokens, then a residual MLP.
+
+    Names follow big_vision's ``MAPHead`` (``probe``, ``MultiHeadDotProductAttention_0``,
+    ``LayerNorm_0``, ``MlpBlock_0``). Token sizes enter as the proportional-attention bias, so a merged
+    token weighs as much as the patches it stands for (zero bias without reduction).
+    """
+
+    config: ViTConfig
+
+    @nn.compact
+    def __call__(self, x, size):
+        """x: ``[B, N, D]``, size: ``[B, N, 1]`` -> ``[B, D]``."""
+        c = self.config
+        dtype = _DTYPES[c.dtype]
+        width = x.shape[-1]
+        probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, width))
+        probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(dtype)
+        y = _ProbeAttention(c.num_heads, dtype, name="MultiHeadDotProductAttention_0")(probe, x, size)
+        z = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(y)
+        y = y + MlpBlock(c.mlp_dim, c.gelu_approximate, 0.0, dtype, name="MlpBlock_0")(z)
+        return y[:, 0]
+
+
+class _ProbeAttention(nn.Module):
+    """Cross-attention from ``queries [B, Nq, D]`` to ``x [B, N, D]``, Google's kernel layout."""
+
+    num_heads: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, queries, x, size):
+        width = x.shape[-1]
+        dense = functools.partial(
+            nn.DenseGeneral, features=(self.num_heads, width // self.num_heads), axis=-1, dtype=self.dtype
+        )
+        out = attend(dense(name="query")(queries), dense(name="key")(x), dense(name="value")(x), size)
+        return nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
 
 
 def make_apply(model: ViT):
