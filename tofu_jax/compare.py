@@ -57,8 +57,8 @@ def compare(
     config: ViTConfig,
     params,
     schedules: dict[str, Schedule | None],
-    images: np.ndarray,
-    labels: np.ndarray,
+    images,
+    labels: np.ndarray | None,
     *,
     batch_size: int = 64,
     bench_batch: int | None = None,
@@ -73,11 +73,20 @@ def compare(
     timing batch defaults to ``batch_size`` so the same program is reused. ``apply`` (from
     :func:`make_apply`) and ``accuracy_cache`` (schedule -> accuracy dict) let repeated calls on the
     same model and images skip recompiling and re-evaluating a schedule.
+
+    ``images``: ``[N, H, W, C]`` with ``labels [N]``, or a
+    :class:`~tofu_jax.data.images.StreamedImages` with ``labels=None``, decoded batch by batch for each
+    schedule (a split too large for memory).
     """
     apply = apply if apply is not None else make_apply(ViT(config))
     bench_batch = bench_batch or batch_size
     base_flops = model_flops(config).total
-    first_batch = jnp.asarray(np.resize(images, (batch_size,) + images.shape[1:]))
+    if labels is None:
+        head, eval_batches = images.head, lambda: images.batches(batch_size)
+    else:
+        head = lambda k: np.resize(images, (k,) + images.shape[1:])
+        eval_batches = lambda: batches(images, labels, batch_size)
+    first_batch = jnp.asarray(head(batch_size))
     rows = []
     for name, s in schedules.items():
         if progress:
@@ -93,7 +102,7 @@ def compare(
             acc = accuracy(
                 apply,
                 params,
-                batches(images, labels, batch_size),
+                eval_batches(),
                 s,
                 progress=(lambda n, name=name: progress(name, n)) if progress else None,
             )
@@ -113,7 +122,7 @@ def compare(
                 "first_call_s": first_call_s,
             }
         )
-    bench_x = np.resize(images, (bench_batch,) + images.shape[1:])
+    bench_x = head(bench_batch)
     bench = benchmark(apply, params, schedules, bench_x, runs=bench_runs)
     ref = next(iter(bench.values()))["images_per_s"]
     for row in rows:

@@ -116,9 +116,29 @@ def test_timm_vit(timm, torch, tmp_path, case):
     module = _timm_model(timm, torch, **timm_kw)
     config = ViTConfig(**TINY, layernorm_eps=1e-6, gelu_approximate=False, **cfg_kw)
     path = _save_safetensors(module.state_dict(), tmp_path / "timm.safetensors")
-    _check(torch, module, path, config, fmt="auto")
     params = _check(torch, module, path, config, fmt="timm")[1]
+    _check_auto(torch, module, path, config, num_heads=TINY["num_heads"])  # width 64: no timm size
     _check_reduces(params, config)
+
+
+ARCHITECTURE = (
+    "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
+    "classifier", "cls_token", "distilled", "num_registers", "layer_scale", "norm_pre", "fc_norm",
+    "representation_size", "layernorm_eps", "gelu_approximate",
+)  # fmt: skip
+
+
+def _check_auto(torch, module, path, config, **overrides):
+    """``--model auto``: the architecture read from the checkpoint equals the reference's, logits too."""
+    from tofu_jax.models.loading import load_model
+
+    auto, params = load_model(path, **overrides)
+    assert {k: getattr(auto, k) for k in ARCHITECTURE} == {k: getattr(config, k) for k in ARCHITECTURE}
+    images = _images()
+    err = float(np.abs(_ours(params, auto, images) - _torch_logits(torch, module, images)).max())
+    print(f"{path.name} (--model auto): max |logit difference| {err:.2e}")
+    assert err < ATOL
+    return auto
 
 
 def _check_reduces(params, config):
@@ -176,6 +196,15 @@ def test_timm_deit_distilled(timm, torch, tmp_path):
     config = ViTConfig(**TINY, distilled=True, layernorm_eps=1e-6, gelu_approximate=False)
     path = _save_safetensors(module.state_dict(), tmp_path / "deit.safetensors")
     _check(torch, module, path, config)
+    auto = _check_auto(
+        torch,
+        module,
+        path,
+        config,
+        model="deit_tiny_distilled_patch16_224.fb_in1k",
+        num_heads=TINY["num_heads"],
+    )
+    assert (auto.input_norm, auto.crop_pct, auto.interpolation) == ("imagenet", 0.9, "bicubic")
 
 
 def test_timm_pth_training_checkpoint(timm, torch, tmp_path):
@@ -247,6 +276,7 @@ def test_hf_vit_save_pretrained(transformers, torch, tmp_path):
     module.save_pretrained(tmp_path / "hub")
     _check(torch, module, tmp_path / "hub", HF_TINY)
     _check(torch, module, tmp_path / "hub" / "model.safetensors", HF_TINY)
+    _check_auto(torch, module, tmp_path / "hub", HF_TINY)
 
 
 def test_hf_vit_pytorch_model_bin(transformers, torch, tmp_path):
@@ -260,6 +290,16 @@ def test_hf_deit_with_teacher(transformers, torch, tmp_path):
     module = _randomize(torch, transformers.DeiTForImageClassificationWithTeacher(config))
     path = _save_safetensors(module.state_dict(), tmp_path / "deit.safetensors")
     _check(torch, module, path, HF_TINY.replace(distilled=True))
+    module.save_pretrained(tmp_path / "hub")
+    processor = transformers.DeiTImageProcessor(  # what facebook/deit-*-distilled-patch16-224 ship
+        size={"height": 36, "width": 36}, crop_size=32, image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )  # fmt: skip
+    processor.save_pretrained(tmp_path / "hub")
+    auto = _check_auto(torch, module, tmp_path / "hub", HF_TINY.replace(distilled=True))
+    assert (auto.input_norm, auto.resize, auto.crop_pct, auto.interpolation) == (
+        "imagenet", "square", 32 / 36, "bicubic",
+    )  # fmt: skip
 
 
 def test_hf_vit_model_pooler(transformers, torch, tmp_path):

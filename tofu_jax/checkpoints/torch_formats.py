@@ -283,8 +283,8 @@ def _first(state: Mapping[str, np.ndarray], pattern: str) -> str | None:
     return next((k for k in sorted(state) if re.fullmatch(pattern, k)), None)
 
 
-def _check_timm_features(state: Mapping[str, np.ndarray], config, source: str) -> None:
-    """Name an unsupported timm layer, or a feature the checkpoint and the config disagree on."""
+def check_timm_supported(state: Mapping[str, np.ndarray], source: str) -> None:
+    """Name the first timm layer tofu_jax's ViT does not have (instead of a list of stray keys)."""
     for pattern, what in _TIMM_UNSUPPORTED:
         key = _first(state, pattern)
         if key is not None:
@@ -292,6 +292,30 @@ def _check_timm_features(state: Mapping[str, np.ndarray], config, source: str) -
                 f"{source}: unsupported timm architecture: {what} (found {key}); tofu_jax's ViT has "
                 "no such layer"
             )
+    latent = state.get("attn_pool.latent")
+    if latent is not None and (np.ndim(latent) != 3 or latent.shape[1] != 1):
+        raise CheckpointError(
+            f"{source}: unsupported timm architecture: an attention pool with {np.shape(latent)} latent "
+            "queries (attn_pool.latent); tofu_jax's MAP head has one"
+        )
+
+
+def canonical_shapes(state: Mapping[str, np.ndarray], fmt: str, source: str) -> dict[str, tuple]:
+    """``{canonical name: shape}`` of a timm / HF state dict, before the head count is known.
+
+    Attention kernels come out as ``(D, 1, D)`` (one head); everything else has its final shape. The
+    position embedding keeps its stored rows (timm ``no_embed_class`` ones lack the prefix rows).
+    """
+    if fmt == "timm":
+        check_timm_supported(state, source)
+    rules = _timm_rules() if fmt == "timm" else _hf_rules(_hf_prefix(state))
+    out, _ = _apply(state, rules, 1, source)
+    return {k: tuple(np.shape(v)) for k, v in out.items()}
+
+
+def _check_timm_features(state: Mapping[str, np.ndarray], config, source: str) -> None:
+    """Name an unsupported timm layer, or a feature the checkpoint and the config disagree on."""
+    check_timm_supported(state, source)
     fix = "pass --model auto (config from the checkpoint) or set"
     layer_scale = _first(state, r"blocks\.\d+\.ls1\.gamma")
     if (layer_scale is not None) != config.layer_scale:
@@ -323,12 +347,6 @@ def _check_timm_features(state: Mapping[str, np.ndarray], config, source: str) -
         raise CheckpointError(
             f"{source}: the checkpoint has {found} but the model config has "
             f"classifier={config.classifier!r}; {fix} classifier={want}"
-        )
-    latent = state.get("attn_pool.latent")
-    if latent is not None and (np.ndim(latent) != 3 or latent.shape[1] != 1):
-        raise CheckpointError(
-            f"{source}: unsupported timm architecture: an attention pool with {np.shape(latent)} latent "
-            "queries (attn_pool.latent); tofu_jax's MAP head has one"
         )
 
 

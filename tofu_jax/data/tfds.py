@@ -212,35 +212,64 @@ def open_split(
 # --------------------------------------------------------------------------------------------------
 
 
-def _axis_weights(n: int, start: float, length: float, out: int) -> tuple[np.ndarray, int, int]:
-    """Triangle-kernel weights mapping source pixels ``[lo, hi)`` of an axis onto ``out`` samples.
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def _kernel(x: np.ndarray, interpolation: str) -> np.ndarray:
+    """Resampling kernel at distances ``x >= 0``: triangle, or Keys cubic with a = -0.5 (PIL's)."""
+    if interpolation == "bilinear":
+        return np.maximum(0.0, 1.0 - x)
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x < 1, near, np.where(x < 2, far, 0.0))
+
+
+def _axis_weights(
+    n: int, start: float, length: float, out: int, interpolation: str = "bilinear", antialias: bool = True
+) -> tuple[np.ndarray, int, int]:
+    """Kernel weights mapping source pixels ``[lo, hi)`` of an axis onto ``out`` samples.
 
     The window ``[start, start + length)`` (source pixel units, may be fractional) is resampled to
-    ``out`` pixels; when shrinking, the kernel widens by ``length / out`` (anti-aliasing), as in
-    ``jax.image.scale_and_translate`` and PIL's bilinear filter.  Returns ``(w [out, hi - lo], lo, hi)``.
+    ``out`` pixels with half-pixel centres. With ``antialias`` the kernel widens by ``length / out``
+    when shrinking, as in PIL (what timm, torchvision and Hugging Face feed their models) and
+    ``jax.image.scale_and_translate``; without it, as TensorFlow's ``tf.image.resize`` (big_vision).
+    Source pixels outside the image are dropped and the weights renormalised (edge clamping for the
+    triangle). Returns ``(w [out, hi - lo], lo, hi)``.
     """
+    if interpolation not in INTERPOLATIONS:
+        raise UserError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     inv_scale = length / out
-    kernel_scale = max(inv_scale, 1.0)
+    kernel_scale = max(inv_scale, 1.0) if antialias else 1.0
+    support = kernel_scale * (1 if interpolation == "bilinear" else 2)
     centres = start + (np.arange(out, dtype=np.float64) + 0.5) * inv_scale - 0.5
-    lo = max(int(math.floor(centres[0] - kernel_scale)), 0)
-    hi = min(int(math.ceil(centres[-1] + kernel_scale)) + 1, n)
+    lo = min(max(int(math.floor(centres[0] - support)), 0), n - 1)
+    hi = max(min(int(math.ceil(centres[-1] + support)) + 1, n), lo + 1)
     x = np.abs(centres[:, None] - np.arange(lo, hi, dtype=np.float64)[None, :]) / kernel_scale
-    w = np.maximum(0.0, 1.0 - x)
+    w = _kernel(x, interpolation)
     total = w.sum(axis=1, keepdims=True)
     w = np.where(total > 1e-12, w / np.where(total > 0, total, 1.0), 0.0)
     return w.astype(np.float32), lo, hi
 
 
-def crop_and_resize(image: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
+def crop_and_resize(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int,
+    *,
+    interpolation: str = "bilinear",
+    antialias: bool = True,
+) -> np.ndarray:
     """Resample the window ``box = (top, left, height, width)`` of ``image`` to ``size x size``.
 
     Args:
       image: ``[H, W, C]`` (any real dtype).  Returns float32 ``[size, size, C]`` in the input's scale.
+      interpolation / antialias: as in :func:`_axis_weights`.
     """
     h, w, c = image.shape
     top, left, bh, bw = box
-    wy, y0, y1 = _axis_weights(h, top, bh, size)
-    wx, x0, x1 = _axis_weights(w, left, bw, size)
+    wy, y0, y1 = _axis_weights(h, top, bh, size, interpolation, antialias)
+    wx, x0, x1 = _axis_weights(w, left, bw, size, interpolation, antialias)
     x = np.asarray(image[y0:y1, x0:x1], np.float32)
     hs, ws = x.shape[:2]
     if size * hs * ws + size * ws * size <= hs * ws * size + size * hs * size:  # rows first
@@ -282,17 +311,27 @@ def _finish(x: np.ndarray, channels: int | None) -> np.ndarray:
     raise UserError(f"channels must be None, 1 or 3, got {channels}")
 
 
-def eval_box(h: int, w: int, image_size: int, crop_fraction: float = 0.875) -> tuple[float, ...]:
-    """Source window of "resize shorter side to ``int(image_size / crop_fraction)``, central crop".
+RESIZE_MODES = ("shorter", "square")
 
-    The longer side is resized to ``int(long * resize / short)`` (torchvision's rule) and the crop
-    offset is ``round((resized - image_size) / 2)``; the window is expressed in source pixels so one
-    resampling pass does both steps.
+
+def eval_box(
+    h: int, w: int, image_size: int, crop_fraction: float = 0.875, mode: str = "shorter"
+) -> tuple[float, ...]:
+    """Source window of "resize to ``int(image_size / crop_fraction)``, central crop ``image_size``".
+
+    ``mode="shorter"`` resizes the shorter side and keeps the aspect ratio, the longer side going to
+    ``int(long * resize / short)`` (torchvision's rule, used by timm); ``"square"`` resizes both sides
+    (Hugging Face image processors, big_vision). The crop offset is ``round((resized - image_size) / 2)``;
+    the window is expressed in source pixels so one resampling pass does both steps.
     """
     if not 0.0 < crop_fraction <= 1.0:
         raise UserError(f"crop_fraction must be in (0, 1], got {crop_fraction}")
+    if mode not in RESIZE_MODES:
+        raise UserError(f"resize mode must be one of {', '.join(RESIZE_MODES)}, got {mode!r}")
     target = max(int(image_size / crop_fraction + 1e-6), image_size)
-    if h <= w:
+    if mode == "square":
+        rh = rw = target
+    elif h <= w:
         rh, rw = target, max(int(w * target / h), image_size)
     else:
         rh, rw = max(int(h * target / w), image_size), target

@@ -32,7 +32,11 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 
 
 _INPUT_NORMS = ("inception", "imagenet", "clip")  # keys of tofu_jax.data.preprocess.INPUT_NORMS
-_BOOL_FIELDS = ("cls_token", "distilled", "fc_norm", "gelu_approximate", "layer_scale", "norm_pre")
+_BOOL_FIELDS = (
+    "cls_token", "distilled", "fc_norm", "gelu_approximate", "layer_scale", "norm_pre", "antialias",
+)  # fmt: skip
+_RESIZE_MODES = ("shorter", "square")  # tofu_jax.data.tfds.RESIZE_MODES
+_INTERPOLATIONS = ("bilinear", "bicubic")  # tofu_jax.data.tfds.INTERPOLATIONS
 CLASSIFIERS = ("token", "gap", "map")
 _POSITIVE_INT_FIELDS = (
     "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
@@ -76,6 +80,13 @@ class ViTConfig:
     # How the data pipeline normalises pixels for this model (a name in data.preprocess.INPUT_NORMS);
     # None: unknown (timm weights do not record it), and the CLI asks for --input-norm.
     input_norm: str | None = None
+    # How the evaluation pipeline resizes an image for this model (its family's recipe):
+    # resize to int(image_size / crop_pct), the shorter side ("shorter", aspect kept: timm) or both
+    # sides ("square": Hugging Face, big_vision), then crop the centre image_size x image_size.
+    resize: str = "shorter"
+    crop_pct: float = 1.0
+    interpolation: str = "bilinear"
+    antialias: bool = True  # PIL-style widened kernel when shrinking; False: tf.image.resize
 
     def __post_init__(self):
         self._check_types()
@@ -120,6 +131,12 @@ class ViTConfig:
         for name in ("classifier", "dtype"):
             if not isinstance(getattr(self, name), str):
                 fail(name, "a string")
+        if self.resize not in _RESIZE_MODES:
+            fail("resize", f"one of {', '.join(_RESIZE_MODES)}")
+        if self.interpolation not in _INTERPOLATIONS:
+            fail("interpolation", f"one of {', '.join(_INTERPOLATIONS)}")
+        if not _is_real(self.crop_pct) or not 0 < self.crop_pct <= 1:
+            fail("crop_pct", "a number in (0, 1]")
         if self.input_norm is not None and self.input_norm not in _INPUT_NORMS:
             fail("input_norm", f"null or one of {', '.join(_INPUT_NORMS)}")
 
