@@ -82,7 +82,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint", help="Google/big_vision .npz, timm or HF .safetensors/.pth/.bin (default: bundled)"
     )
     g.add_argument(
-        "--model", help="model config: a JSON card/config file or a preset like B/16 (default: bundled)"
+        "--model",
+        help="auto (default with --checkpoint: the architecture read from the checkpoint), a timm model "
+        "name (auto plus its numerics and input recipe), a JSON card/config file or a preset like B/16 "
+        "(default without --checkpoint: the bundled model)",
     )
     g.add_argument(
         "--format", default="auto", choices=["auto", "google", "timm", "hf"], help="checkpoint layout"
@@ -108,6 +111,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "--layernorm-eps", type=_float_in(0.0, 1.0, low_open=True, high_open=True),
         help="override the LayerNorm epsilon (default: from the checkpoint's format or config.json)",
     )  # fmt: skip
+    g.add_argument(
+        "--num-heads", type=POSITIVE,
+        help="attention heads, where the checkpoint cannot tell (a timm checkpoint of a non-standard width)",
+    )  # fmt: skip
+    g.add_argument(
+        "--crop-pct", type=_float_in(0.0, 1.0, low_open=True),
+        help="override the evaluation crop: resize to image_size / crop_pct, then crop the centre "
+        "(default: the checkpoint family's recipe)",
+    )  # fmt: skip
+    g.add_argument(
+        "--resize", choices=["shorter", "square"],
+        help="override what is resized: the shorter side (timm) or both sides (HF, big_vision)",
+    )  # fmt: skip
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="override the resampling filter")
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -122,9 +139,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     _runtime_args(p)
     g = p.add_argument_group("data")
     g.add_argument(
-        "--dataset", default="fashion_mnist_idx", help="fashion_mnist_idx (offline IDX files) or a TFDS name"
+        "--dataset", default="fashion_mnist_idx",
+        help="fashion_mnist_idx (offline IDX files), imagefolder (DATA_DIR/SPLIT/CLASS/*.jpg|png) or a "
+        "TFDS name such as imagenet2012",
+    )  # fmt: skip
+    g.add_argument("--data-dir", help="IDX directory, image-folder root or TFDS data_dir")
+    g.add_argument(
+        "--split",
+        help="evaluation split, TFDS syntax allowed (validation, test[:10%%]) (default: test, or "
+        "validation/val where the dataset has no test split)",
     )
-    g.add_argument("--data-dir", help="IDX directory or TFDS data_dir")
+    g.add_argument(
+        "--calib-split", default="train",
+        help="split for calibration and the planner's held-out images (default: train)",
+    )  # fmt: skip
     g.add_argument("--batch-size", type=POSITIVE, default=64, help="evaluation batch (default 64)")
     g.add_argument("--calib-images", type=POSITIVE, default=256, help="training-split images for profiling")
     g.add_argument("--seed", type=NON_NEGATIVE, default=0)
@@ -144,47 +172,77 @@ def _load_model(args):
         gelu_approximate=None if args.gelu is None else args.gelu == "tanh",
         layernorm_eps=args.layernorm_eps,
         input_norm=args.input_norm,
+        num_heads=args.num_heads,
+        crop_pct=args.crop_pct,
+        resize=args.resize,
+        interpolation=args.interpolation,
     )
 
 
-def _load_split(args, config, split: str, limit: int | None, offset: int = 0):
-    """``(images float32 [N, H, W, C], labels int32 [N])``, normalised for the model; seeded subsample."""
-    check_input_norm(config.input_norm)  # before reading what may be a large split
-    images, labels = _read_split(args, config, split)
-    if labels.size and (labels.min() < 0 or labels.max() >= config.num_classes):
-        raise UserError(
-            f"the {split} split of {args.dataset} has labels {labels.min()}..{labels.max()} but the model "
-            f"has {config.num_classes} classes (labels of -1 mean an unlabelled split); pick a labelled "
-            "split, or pass --num-classes N --reset-head to train a new head"
-        )
-    if limit:
-        order = np.random.default_rng(args.seed + (split == "train")).permutation(len(images))
-        sel = np.sort(order[offset : offset + limit])
-        images, labels = images[sel], labels[sel]
-    return renormalize(images, config.input_norm), labels
+_IDX = "fashion_mnist_idx"
 
 
-def _read_split(args, config, split: str):
-    if args.dataset == "fashion_mnist_idx":
-        from tofu_jax.data import idx
-        from tofu_jax.data.preprocess import resize_nearest_area, to_model_range
+def _eval_split_name(args) -> str:
+    """``--split``, else the dataset's test split, else its validation split."""
+    if args.split:
+        return args.split
+    if args.dataset == _IDX:
+        return "test"
+    if args.dataset == "imagefolder":
+        root = Path(args.data_dir or ".")
+        return next((s for s in ("test", "validation", "val") if (root / s).is_dir()), "test")
+    from tofu_jax.data import tfds as tfds_data
 
-        images, labels = idx.load_split(split, args.data_dir)
-        images = to_model_range(images)
-        if images.shape[-1] != config.channels:
-            images = np.repeat(images, config.channels, axis=-1)
-        images = resize_nearest_area(images, config.image_size)
+    splits = tfds_data.dataset_spec(args.dataset, args.data_dir).splits
+    return "validation" if "test" not in splits and "validation" in splits else "test"
+
+
+def _load_split(args, config, split: str, limit: int | None, offset: int = 0, *, labelled: bool = True):
+    """``(images float32 [N, H, W, C], labels int32 [N])``, preprocessed for the model.
+
+    ``limit`` images (0/None: all) of a seeded draw, skipping its first ``offset``; only those are read.
+    ``labelled``: refuse labels the model cannot score (-1 of unlabelled splits).
+    """
+    from tofu_jax.data import images as image_data
+
+    check_input_norm(config.input_norm)  # before reading anything
+    seed = args.seed + (split == args.calib_split)
+    where = f"the {split} split of {args.dataset}"
+    if args.dataset == _IDX:
+        images, labels = _read_idx(args, config, split, limit, offset, seed)
     else:
-        from tofu_jax.data import tfds as tfds_data
-
-        images, labels = tfds_data.load_arrays(
-            args.dataset,
-            split,
-            image_size=config.image_size,
-            data_dir=args.data_dir,
-            channels=config.channels,
-        )
+        source, _ = image_data.open_source(args.dataset, split, args.data_dir)
+        sel = image_data.subset(len(source), limit, seed=seed, offset=offset)
+        images, labels = image_data.read(source, sel, config)
+    if labelled:
+        image_data.check_labels(labels, config.num_classes, where)
     return images, labels
+
+
+def _read_idx(args, config, split: str, limit, offset: int, seed: int):
+    from tofu_jax.data import idx
+    from tofu_jax.data.images import subset
+    from tofu_jax.data.preprocess import resize_nearest_area, to_model_range
+
+    images, labels = idx.load_split(split, args.data_dir)
+    sel = subset(len(images), limit, seed=seed, offset=offset)
+    images, labels = to_model_range(images[sel]), labels[sel]  # subsample first: resizing costs
+    if images.shape[-1] != config.channels:
+        images = np.repeat(images, config.channels, axis=-1)
+    return renormalize(resize_nearest_area(images, config.image_size), config.input_norm), labels
+
+
+def _eval_set(args, config, limit: int | None):
+    """The evaluation split for ``compare``: ``(images, labels)`` in memory for IDX files, else a
+    :class:`~tofu_jax.data.images.StreamedImages` (decoded batch by batch) and ``None``."""
+    split = _eval_split_name(args)
+    if args.dataset == _IDX:
+        return _load_split(args, config, split, limit)
+    from tofu_jax.data import images as image_data
+
+    source, _ = image_data.open_source(args.dataset, split, args.data_dir)
+    sel = image_data.subset(len(source), limit, seed=args.seed)
+    return image_data.StreamedImages(source, sel, config, f"the {split} split of {args.dataset}"), None
 
 
 class _Progress:
@@ -219,10 +277,12 @@ def _make_plan(args, config, params, profile, apply=None):
     apply = apply if apply is not None else make_apply(ViT(config))
     score = None
     if args.planner == "search":
-        held_x, held_y = _load_split(args, config, "train", args.search_images, offset=args.calib_images)
+        held_x, held_y = _load_split(
+            args, config, args.calib_split, args.search_images, offset=args.calib_images
+        )
         if not len(held_x):
             raise UserError(
-                "--planner search has no held-out images: --calib-images takes the whole training split; "
+                "--planner search has no held-out images: --calib-images takes the whole calibration split; "
                 "lower --calib-images or use --planner per_block"
             )
         score = _score_fn(apply, params, held_x, held_y, args.batch_size)
@@ -254,8 +314,8 @@ def _schedule_from_args(args, config, params):
 def _profile(args, config, params):
     from tofu_jax.profiler import profile_model
 
-    calib_x, _ = _load_split(args, config, "train", args.calib_images)
-    print(f"profiling linearity on {len(calib_x)} training images", flush=True)
+    calib_x, _ = _load_split(args, config, args.calib_split, args.calib_images, labelled=False)
+    print(f"profiling linearity on {len(calib_x)} {args.calib_split} images", flush=True)
     return profile_model(config, params, calib_x, r_profile=args.r_profile, seed=args.seed)
 
 
@@ -273,10 +333,10 @@ def cmd_run(args) -> int:
     apply = make_apply(ViT(config))  # one program per schedule, shared by the planner and the comparison
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    test_x, test_y = _load_split(args, config, "test", args.num_examples)
+    test_x, test_y = _eval_set(args, config, args.num_examples)
     print(
         f"model: ViT depth {config.depth} width {config.width}, {config.num_tokens} tokens; "
-        f"{len(test_x)} test images; budget {args.budget:.0%} fewer FLOPs",
+        f"{len(test_x)} {_eval_split_name(args)} images; budget {args.budget:.0%} fewer FLOPs",
         flush=True,
     )
     if args.schedule:
@@ -308,7 +368,8 @@ def cmd_run(args) -> int:
         "wall_s": time.time() - t0,
     }
     (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    plot_comparison(rows, out_dir / "comparison.png", f"{len(test_x)} test images, budget {args.budget:.0%}")
+    title = f"{len(test_x)} {_eval_split_name(args)} images, budget {args.budget:.0%}"
+    plot_comparison(rows, out_dir / "comparison.png", title)
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'comparison.png'} ({time.time() - t0:.0f}s)")
     return 0
 
@@ -383,8 +444,8 @@ def cmd_finetune(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     sched = _schedule_from_args(args, config, params)
     sched.to_json(out_dir / "schedule.json")
-    train_x, train_y = _load_split(args, config, "train", args.train_images)
-    test_x, test_y = _load_split(args, config, "test", args.num_examples)
+    train_x, train_y = _load_split(args, config, args.calib_split, args.train_images)
+    test_x, test_y = _eval_set(args, config, args.num_examples)
     zero_shot = params
     from tqdm.auto import tqdm
 
@@ -418,29 +479,12 @@ def cmd_visualize(args) -> int:
 
     planner.check_budget(args.budget)
     config, params = _load_model(args)
-    if args.image:
-        import matplotlib.image
+    if args.image:  # any size: the model's own resize, crop and normalisation
+        from tofu_jax.data.images import decode, preprocess
 
-        try:
-            raw = np.asarray(matplotlib.image.imread(args.image), np.float32)
-        except (OSError, SyntaxError, ValueError) as e:
-            raise UserError(f"cannot read image {args.image}: {e}") from None
-        raw = raw[..., :3] if raw.ndim == 3 else raw[..., None]
-        if raw.max() > 1.0:
-            raw = raw / 255.0
-        if raw.shape[-1] != config.channels:
-            raw = raw.mean(-1, keepdims=True) if config.channels == 1 else np.repeat(raw[..., :1], 3, -1)
-        if raw.shape[:2] != (config.image_size, config.image_size):
-            raise UserError(
-                f"image {args.image} is {raw.shape[1]}x{raw.shape[0]}, the model expects "
-                f"{config.image_size}x{config.image_size}"
-            )
-        image = renormalize((raw * 2.0 - 1.0)[None], config.input_norm)[0]
+        image = preprocess(decode(Path(args.image)), config)
     else:
-        images, _ = _load_split(args, config, "test", None)
-        if not 0 <= args.index < len(images):
-            raise UserError(f"--index {args.index} out of range 0..{len(images) - 1}")
-        image = images[args.index]
+        image = _read_one(args, config, args.index)
     sched = _schedule_from_args(args, config, params)
     logits, state = ViT(config).apply(
         {"params": params}, jnp.asarray(image[None]), sched, track_sources=True, mutable=["intermediates"]
@@ -455,6 +499,23 @@ def cmd_visualize(args) -> int:
     plot_schedule(sched, counts, out.with_name(out.stem + "_schedule.png"))
     print(f"wrote {out} and {out.with_name(out.stem + '_schedule.png')}")
     return 0
+
+
+def _read_one(args, config, index: int) -> np.ndarray:
+    """Image ``index`` of the evaluation split, preprocessed (only that one is decoded)."""
+    split = _eval_split_name(args)
+    if args.dataset == _IDX:
+        images, _ = _load_split(args, config, split, None, labelled=False)
+        source_len, image = len(images), images[index] if 0 <= index < len(images) else None
+    else:
+        from tofu_jax.data import images as image_data
+
+        source, _ = image_data.open_source(args.dataset, split, args.data_dir)
+        source_len = len(source)
+        image = image_data.read(source, [index], config)[0][0] if 0 <= index < source_len else None
+    if image is None:
+        raise UserError(f"--index {index} out of range 0..{source_len - 1}")
+    return image
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -535,11 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(vis)
     _data_args(vis)
     planning(vis)
+    vis.add_argument("image", nargs="?", help="PNG/JPEG of any size (else --index of the evaluation split)")
     vis.add_argument(
-        "image", nargs="?", help="PNG/JPEG of the model's input size (else --index of the test split)"
-    )
-    vis.add_argument(
-        "--index", type=NON_NEGATIVE, default=0, help="test-split image to draw when no IMAGE is given"
+        "--index", type=NON_NEGATIVE, default=0, help="evaluation-split image to draw when no IMAGE is given"
     )
     vis.add_argument(
         "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (else planned from --budget)"

@@ -90,8 +90,8 @@ def decode(path: Path) -> np.ndarray:
         with Image.open(path) as im:
             im = im.convert("L" if im.mode in ("1", "L", "I;16", "I") else "RGB")
             return np.asarray(im)
-    except OSError as e:
-        raise DataError(f"cannot decode image {path}: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:  # missing, not an image, damaged
+        raise DataError(f"cannot read image {path}: {e}") from None
 
 
 def open_source(dataset: str, split: str, data_dir: str | Path | None) -> tuple[Sequence[dict], int]:

@@ -63,7 +63,8 @@ def input_norm_from_stats(mean, std) -> str | None:
 
 
 def resize_nearest_area(images: np.ndarray, size: int) -> np.ndarray:
-    """Area-average down-sampling by an integer factor, or nearest up-sampling.
+    """Area-average down-sampling by an integer factor, nearest up-sampling by one, else anti-aliased
+    bilinear resampling (PIL's filter).
 
     Args:
       images: ``[N, H, W, C]`` float.  size: target side.
@@ -78,7 +79,9 @@ def resize_nearest_area(images: np.ndarray, size: int) -> np.ndarray:
     if size % h == 0:
         f = size // h
         return images.repeat(f, axis=1).repeat(f, axis=2)
-    raise UserError(f"cannot resize {h}x{h} images to {size}x{size} (need an integer factor)")
+    from tofu_jax.data.tfds import resize
+
+    return np.stack([resize(image, size, size) for image in images]).astype(np.float32)
 
 
 def augment(images: np.ndarray, rng: np.random.Generator, pad: int = 2, flip: bool = True) -> np.ndarray:
