@@ -261,42 +261,26 @@ class _Progress:
         self.bar.close()
 
 
-def _score_fn(apply, params, images, labels, batch_size):
-    from tofu_jax.data.preprocess import batches
-    from tofu_jax.evaluate import accuracy
-
-    return lambda s: accuracy(apply, params, batches(images, labels, batch_size), s)["top1"]
-
-
-def _make_plan(args, config, params, profile, apply=None):
-    """The ToFu plan for ``--budget``; ``apply`` (from ``make_apply``) lets the caller reuse the
-    programs the search compiles."""
+def _make_plan(args, config, params, profile, images):
+    """The ToFu plan for ``--budget`` from the linearity profile and calibration images."""
     from tofu_jax import planner
-    from tofu_jax.models.vit import ViT, make_apply
 
-    apply = apply if apply is not None else make_apply(ViT(config))
-    score = None
-    if args.planner == "search":
-        held_x, held_y = _load_split(
-            args, config, args.calib_split, args.search_images, offset=args.calib_images
+    if args.planner == "fidelity":
+        print(
+            f"planning: fidelity to the unreduced model on {min(len(images), args.plan_images)} "
+            f"{args.calib_split} images",
+            flush=True,
         )
-        if not len(held_x):
-            raise UserError(
-                "--planner search has no held-out images: --calib-images takes the whole calibration split; "
-                "lower --calib-images or use --planner per_block"
-            )
-        score = _score_fn(apply, params, held_x, held_y, args.batch_size)
-    if score is not None:
-        print(f"planning: scoring candidate schedules on {len(held_x)} held-out training images", flush=True)
     return planner.plan(
         profile,
         config,
         args.budget,
         mode=args.planner,
         metric=args.metric,
-        score=score,
         selection=args.selection,
-        progress=lambda name, top1: print(f"  {name:<24s} top-1 {top1:.2%}", flush=True),
+        params=params,
+        images=images[: args.plan_images],
+        progress=lambda text: print(f"  {text}", flush=True),
     )
 
 
@@ -308,15 +292,20 @@ def _schedule_from_args(args, config, params):
         sched = Schedule.load(args.schedule)
         sched.validate(config.depth, config.num_tokens, config.num_prefix)
         return sched
-    return _make_plan(args, config, params, _profile(args, config, params)).schedule
+    images = _calibration_images(args, config)
+    return _make_plan(args, config, params, _profile(args, config, params, images), images).schedule
 
 
-def _profile(args, config, params):
+def _calibration_images(args, config):
+    """``--calib-images`` seeded images of ``--calib-split`` (labels unused), normalised for the model."""
+    return _load_split(args, config, args.calib_split, args.calib_images, labelled=False)[0]
+
+
+def _profile(args, config, params, images):
     from tofu_jax.profiler import profile_model
 
-    calib_x, _ = _load_split(args, config, args.calib_split, args.calib_images, labelled=False)
-    print(f"profiling linearity on {len(calib_x)} {args.calib_split} images", flush=True)
-    return profile_model(config, params, calib_x, r_profile=args.r_profile, seed=args.seed)
+    print(f"profiling linearity on {len(images)} {args.calib_split} images", flush=True)
+    return profile_model(config, params, images, r_profile=args.r_profile, seed=args.seed)
 
 
 # --- commands ---------------------------------------------------------------------------------------
@@ -364,6 +353,7 @@ def cmd_run(args) -> int:
         "budget": args.budget,
         "num_examples": len(test_x),
         "planner": plan_meta,
+        "config": config.to_dict(),  # the model card: architecture and input recipe as used
         "rows": rows,
         "wall_s": time.time() - t0,
     }
@@ -528,7 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
             "--budget", type=_float_in(0.0, 1.0, high_open=True), default=0.4,
             help="fraction of FLOPs to remove (default 0.4)",
         )  # fmt: skip
-        p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
+        p.add_argument(
+            "--planner",
+            default="fidelity",
+            choices=["fidelity", "per_block", "split"],
+            help="fidelity: op and r per block by KL to the unreduced model on calibration images "
+            "(default); per_block/split: from the linearity profile alone",
+        )
         p.add_argument(
             "--metric",
             default="L_mlp_matched",
@@ -542,10 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
             help="which tokens go: most redundant (bipartite matching) or least important (CLS attention)",
         )
         p.add_argument(
-            "--search-images",
+            "--plan-images",
             type=POSITIVE,
-            default=512,
-            help="held-out training images for --planner search",
+            default=128,
+            help="calibration images the fidelity planner scores schedules on (the first of --calib-images)",
         )
         p.add_argument("--r-profile", type=POSITIVE, help="matched pairs per image per block while profiling")
 
