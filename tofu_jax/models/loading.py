@@ -334,6 +334,11 @@ def load_model(
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if fmt == "google" or (fmt == "auto" and path.suffix == ".npz"):
         flat = google.read_npz(path)
+        if timm_name is not None:
+            raise ConfigError(
+                f"--model {timm_name} is a timm model name but {path} is a Google checkpoint; use "
+                "--model auto"
+            )
         if auto:
             shapes = {k: tuple(v.shape) for k, v in flat.items()}
             config = auto_config(shapes, "google", path, None, overrides)
@@ -346,6 +351,11 @@ def load_model(
             sample = ", ".join(sorted(state)[:8])
             raise CheckpointError(f"{path}: cannot recognise the layout (neither timm nor Hugging Face ViT); "
                                   f"keys start with: {sample}")  # fmt: skip
+        if timm_name is not None and layout != "timm":
+            raise ConfigError(
+                f"--model {timm_name} is a timm model name but {path} is a {layout} checkpoint; use "
+                "--model auto"
+            )
         if auto:
             shapes = torch_formats.canonical_shapes(state, layout, str(path))
             config = auto_config(shapes, layout, path, timm_name, overrides)
