@@ -211,7 +211,9 @@ def _load_split(args, config, split: str, limit: int | None, offset: int = 0, *,
     if args.dataset == _IDX:
         images, labels = _read_idx(args, config, split, limit, offset, seed)
     else:
-        source, _ = image_data.open_source(args.dataset, split, args.data_dir)
+        source, num_classes = image_data.open_source(args.dataset, split, args.data_dir)
+        if labelled:
+            _check_class_count(num_classes, config, where)
         sel = image_data.subset(len(source), limit, seed=seed, offset=offset)
         images, labels = image_data.read(source, sel, config)
     if labelled:
@@ -240,9 +242,21 @@ def _eval_set(args, config, limit: int | None):
         return _load_split(args, config, split, limit)
     from tofu_jax.data import images as image_data
 
-    source, _ = image_data.open_source(args.dataset, split, args.data_dir)
+    source, num_classes = image_data.open_source(args.dataset, split, args.data_dir)
+    where = f"the {split} split of {args.dataset}"
+    _check_class_count(num_classes, config, where)
     sel = image_data.subset(len(source), limit, seed=args.seed)
-    return image_data.StreamedImages(source, sel, config, f"the {split} split of {args.dataset}"), None
+    return image_data.StreamedImages(source, sel, config, where), None
+
+
+def _check_class_count(num_classes: int, config, where: str) -> None:
+    """Before any compile: a dataset with more classes than the head cannot be scored."""
+    if num_classes > config.num_classes:
+        raise UserError(
+            f"{where} has {num_classes} classes but the model has {config.num_classes}; pass "
+            "--num-classes N --reset-head to train a new head, or evaluate on a dataset with the "
+            "model's classes"
+        )
 
 
 class _Progress:
@@ -319,7 +333,7 @@ def cmd_run(args) -> int:
     t0 = time.time()
     planner.check_budget(args.budget)
     config, params = _load_model(args)
-    apply = make_apply(ViT(config))  # one program per schedule, shared by the planner and the comparison
+    apply = make_apply(ViT(config))  # one program per schedule and shape for the whole comparison
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_x, test_y = _eval_set(args, config, args.num_examples)
@@ -333,9 +347,10 @@ def cmd_run(args) -> int:
         tofu.validate(config.depth, config.num_tokens, config.num_prefix)
         plan_meta = {"mode": "file", "path": args.schedule}
     else:
-        profile = _profile(args, config, params)
+        images = _calibration_images(args, config)
+        profile = _profile(args, config, params, images)
         profile.save(out_dir / "profile.json")
-        p = _make_plan(args, config, params, profile, apply)
+        p = _make_plan(args, config, params, profile, images)
         tofu, plan_meta = p.schedule, p.meta(config)
     tofu.to_json(out_dir / "tofu_schedule.json", meta=plan_meta)
     tome = planner.allocate(config, ["merge_avg"] * config.depth, args.budget, prop_attn=True)
@@ -369,7 +384,7 @@ def cmd_profile(args) -> int:
     from tofu_jax.viz import plot_profile
 
     config, params = _load_model(args)
-    profile = _profile(args, config, params)
+    profile = _profile(args, config, params, _calibration_images(args, config))
     profile.save(args.out)
     tau = planner.otsu_threshold(profile.metric(args.metric))
     plot_profile(profile, Path(args.out).with_suffix(".png"), tau)
@@ -385,9 +400,10 @@ def cmd_plan(args) -> int:
     from tofu_jax.profiler import Profile
 
     config, params = _load_model(args)
-    profile = Profile.load(args.profile) if args.profile else _profile(args, config, params)
+    images = _calibration_images(args, config)
+    profile = Profile.load(args.profile) if args.profile else _profile(args, config, params, images)
     profile.check_depth(config.depth)
-    p = _make_plan(args, config, params, profile)
+    p = _make_plan(args, config, params, profile, images)
     meta = p.meta(config)
     p.schedule.to_json(args.out, meta=meta)
     print(p.schedule.describe())

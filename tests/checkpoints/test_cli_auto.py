@@ -114,3 +114,41 @@ def test_hf_folder_on_imagenet_validation(transformers, torch, tmp_path, decoded
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(tmp_path / "hf")
     hf_recipe = dict(input_norm="inception", resize="square", crop_pct=1.0, interpolation="bilinear")
     _imagenet(tmp_path / "hf", tmp_path / "out", decoded, **hf_recipe, layernorm_eps=1e-12)
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad")
+    shape = dict(SHAPE, num_classes=3)
+    flat = random_flat(ViTConfig(**shape))
+    google.save_npz(root / "ok.npz", unflatten(flat))
+    headless = {k: v for k, v in flat.items() if not k.startswith("head/")}
+    google.save_npz(root / "nohead.npz", unflatten(headless))
+    for c in range(4):
+        (root / "folder" / "val" / f"c{c}").mkdir(parents=True)
+        (root / "folder" / "val" / f"c{c}" / "a.png").write_bytes(b"")  # never decoded
+    return root
+
+
+BAD = [  # (arguments, the one-line error says)
+    (["--model", "vitbase"], "--model 'vitbase' is no file, preset or timm model name; use auto"),
+    (["--model", "vit_tiny_patch16_224"], "is a timm model name but {root}/ok.npz is a Google checkpoint"),
+    (["--checkpoint", "{root}/nohead.npz"], "has no classification head: pass --num-classes N --reset-head"),
+    (["--num-heads", "5"], "width 192 is not divisible by num_heads 5"),
+    (["--crop-pct", "1.5"], "argument --crop-pct: expected a number in (0, 1], got 1.5"),
+    (["--dataset", "imagefolder"], "--dataset imagefolder needs --data-dir ROOT (images in ROOT/<split>/"),
+    (["--dataset", "imagefolder", "--data-dir", "{root}/folder", "--split", "test"],
+     "image folder {root}/folder/test does not exist or is not a directory"),
+    (["--dataset", "imagefolder", "--data-dir", "{root}/folder"],
+     "the val split of imagefolder has 4 classes but the model has 3; pass --num-classes N --reset-head"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra,needle", BAD)
+def test_bad_inputs_print_one_line(small_npz, tmp_path, capsys, extra, needle):
+    extra = [e.format(root=small_npz) for e in extra]
+    argv = ["run", "--checkpoint", str(small_npz / "ok.npz"), "--schedule", SCHEDULE, *extra]
+    assert main([*argv, "--out-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("tofu-jax: error: ")
+    assert needle.format(root=small_npz) in err[0]
