@@ -44,9 +44,16 @@ PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 PREPROCESSING = {
     "layout": "NHWC",
     "dtype": "float32",
-    "resize": "integer-factor area averaging (downsampling) or nearest (upsampling) to image_size",
     "channel_repeat": "grayscale repeated to the model's channel count",
 }
+
+
+def _resize(config: ViTConfig) -> str:
+    """The evaluation resize and crop of ``tofu_jax.data.images.preprocess``, in words."""
+    side = "the shorter side" if config.resize == "shorter" else "both sides"
+    target = max(int(config.image_size / config.crop_pct + 1e-6), config.image_size)
+    filt = config.interpolation + (", anti-aliased" if config.antialias else ", not anti-aliased")
+    return f"{side} to {target} ({filt}), then the central {config.image_size}x{config.image_size}"
 
 
 def _forward(config: ViTConfig, params, schedule: Schedule):
@@ -183,6 +190,7 @@ def write_export(
         "preprocessing": {
             **PREPROCESSING,
             **_normalisation(config),
+            "resize": _resize(config),
             "image_size": config.image_size,
             "channels": config.channels,
         },  # fmt: skip
