@@ -152,13 +152,13 @@ def test_timm_posemb_without_prefix_rows_gets_zero_rows(tmp_path):
 def test_unknown_keys_are_reported_not_dropped(tmp_path):
     config = ViTConfig(**TINY)
     sd = _to_timm(random_flat(config), config.depth)
-    sd["blocks.0.ls1.gamma"] = np.ones(config.width, np.float32)
-    sd["reg_token"] = np.zeros((1, 4, config.width), np.float32)
+    sd["blocks.0.mystery.gamma"] = np.ones(config.width, np.float32)
+    sd["mystery_token"] = np.zeros((1, 4, config.width), np.float32)
     del sd["blocks.1.mlp.fc2.bias"]
     with pytest.raises(CheckpointError) as e:
         load.load_params(_save(sd, tmp_path / "x.safetensors"), config)
     msg = str(e.value)
-    assert "blocks.0.ls1.gamma" in msg and "reg_token" in msg
+    assert "blocks.0.mystery.gamma" in msg and "mystery_token" in msg
     assert "Transformer/encoderblock_1/MlpBlock_3/Dense_1/bias" in msg
 
 

@@ -137,14 +137,26 @@ def _valid(field, value) -> bool:
     real = isinstance(value, int | float) and not isinstance(value, bool) and np.isfinite(value)
     positive_int = isinstance(value, int) and not isinstance(value, bool) and value >= 1
     rules = {
-        "classifier": lambda: value in ("token", "gap"),
+        "classifier": lambda: value in ("token", "gap", "map"),
+        "resize": lambda: value in ("shorter", "square"),
+        "interpolation": lambda: value in ("bilinear", "bicubic"),
+        "crop_pct": lambda: real and 0 < value <= 1,
+        "num_registers": lambda: isinstance(value, int) and not isinstance(value, bool) and value >= 0,
         "dtype": lambda: value in ("float32", "bfloat16", "float16"),
         "input_norm": lambda: value in (None, "inception", "imagenet", "clip"),
         "representation_size": lambda: value is None or positive_int,
         "layernorm_eps": lambda: real and 0 < value < 1,
         "dropout_rate": lambda: real and 0 <= value < 1,
     }
-    if field in ("cls_token", "distilled", "fc_norm", "gelu_approximate"):
+    if field in (
+        "cls_token",
+        "distilled",
+        "fc_norm",
+        "gelu_approximate",
+        "layer_scale",
+        "norm_pre",
+        "antialias",
+    ):
         return isinstance(value, bool)
     return rules[field]() if field in rules else positive_int
 
