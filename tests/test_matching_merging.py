@@ -216,7 +216,7 @@ def test_bad_requests_raise_value_error(call, needle):
         call()
 
 
-@pytest.mark.parametrize("protected", [3, 4, 5])
+@pytest.mark.parametrize("protected", [4, 5])  # the last protected token in B, in A
 def test_many_protected_tokens_stay_first_in_order_and_never_move(protected):
     """Register tokens: every protected token is never a source or a destination and leads the output."""
     n, r = 23, (23 - protected) // 2
