@@ -109,6 +109,9 @@ def test_hf_weights_without_config_json_ask_for_num_heads(transformers, torch, t
     with pytest.raises(CheckpointError, match="needs its config.json beside it .*--num-heads"):
         load_model(tmp_path / "m.safetensors")
     assert load_model(tmp_path / "m.safetensors", num_heads=4)[0].layernorm_eps == 1e-12
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "dinov2", "num_attention_heads": 4}))
+    with pytest.raises(CheckpointError, match="model_type 'dinov2' is not supported; supported: vit, deit"):
+        load_model(tmp_path / "m.safetensors")
 
 
 def test_timm_family_recipes_match_timm_pretrained_configs(timm):

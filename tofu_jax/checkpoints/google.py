@@ -50,6 +50,7 @@ def _to_canonical(flat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # big_vision adds posemb to patches before the CLS token is prepended: a zero CLS row.
         pos = out.pop("pos_embedding")
         prefix_rows = int("cls" in out) + int("dist" in out)
+        prefix_rows += int(out["reg"].shape[1]) if "reg" in out and out["reg"].ndim == 3 else 0
         pos = np.concatenate([np.zeros((1, prefix_rows, pos.shape[-1]), pos.dtype), pos], axis=1)
         out["Transformer/posembed_input/pos_embedding"] = pos
     return out

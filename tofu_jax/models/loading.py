@@ -31,6 +31,7 @@ from tofu_jax.errors import ConfigError
 from tofu_jax.models.vit import PRESETS, ViTConfig, preset
 
 _HF_GELU = {"gelu": False, "gelu_python": False, "gelu_new": True, "gelu_pytorch_tanh": True}
+_HF_MODEL_TYPES = ("vit", "deit")
 AUTO = "auto"
 _TIMM_NAME = re.compile(r"^[a-z][a-z0-9]*_[a-z0-9_]*patch\d+[a-z0-9_]*(\.[A-Za-z0-9_]+)?$")
 _PIL_RESAMPLE = {2: "bilinear", 3: "bicubic"}  # PIL's Image.Resampling codes in HF processor configs
@@ -134,6 +135,12 @@ def format_numerics(fmt: str, checkpoint: str | Path | None = None) -> dict:
         cfg = _read_json(cfg_path, "Hugging Face config")
         if not isinstance(cfg, dict):
             raise ConfigError(f"{cfg_path} must be a JSON object, got {type(cfg).__name__}")
+        model_type = cfg.get("model_type", "vit")
+        if model_type not in _HF_MODEL_TYPES:
+            raise CheckpointError(
+                f"{cfg_path}: Hugging Face model_type {model_type!r} is not supported; supported: "
+                f"{', '.join(_HF_MODEL_TYPES)} (ViTForImageClassification, DeiT with or without teacher)"
+            )
         act = cfg.get("hidden_act", "gelu")
         if not isinstance(act, str) or act not in _HF_GELU:
             raise ConfigError(
