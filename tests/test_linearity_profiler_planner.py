@@ -68,9 +68,6 @@ def test_plan_meets_budget_and_round_trips(profile, tmp_path):
     path = tmp_path / "s.json"
     p.schedule.to_json(path, meta=p.meta(TINY))
     assert S.Schedule.from_json(path) == p.schedule
-    seen = []
-    best = planner.plan(profile, TINY, 0.3, mode="search", score=lambda s: seen.append(s) or -s.total_r)
-    assert len(seen) >= 3 and best.info["chosen"] in best.info["scores"]
 
 
 @pytest.mark.parametrize("budget", [0.2, 0.4, 0.5])
@@ -100,10 +97,5 @@ def test_importance_selection_maps_ops_and_meets_budget(profile):
     ops = {b.op for b in p.schedule.blocks} - {"none"}
     assert ops <= {"prune_importance", "merge_importance_mlerp"} and ops
     assert flops_ratio(TINY, p.schedule) <= 0.7
-    best = planner.plan(
-        profile, TINY, 0.3, mode="search", score=lambda s: float("importance" in s.describe())
-    )
-    assert best.info["chosen"].endswith("+importance")
-    assert len(best.info["scores"]) == len(set(best.info["scores"]))
     with pytest.raises(ValueError, match="selection must be one of"):
         planner.with_selection(["prune"], "random")

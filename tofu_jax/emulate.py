@@ -9,9 +9,9 @@ schedule; :class:`Emulator` runs block by block, trims the axis to a multiple of
 go, and caches the state after each schedule prefix. Logits equal those of the static program (tests
 hold them to 1e-5 in float32); the chosen schedule then runs as the usual static program.
 
-The order rule reproduced here (docs/algorithms.md §2-3): bipartite ops return ``[kept A tokens in
-A order, B tokens in B order]`` (with two prefix tokens the second, which sits in B, moves right after
-the first); importance ops keep the survivors in their original order.
+The order rule reproduced here (docs/algorithms.md §2-3): bipartite ops return the protected prefix
+tokens in their original order, then the kept A tokens ascending, then the B tokens ascending
+(:func:`tofu_jax.matching.join`); importance ops keep the survivors in their original order.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax.matching import protected_split
 from tofu_jax.merging import safe_norm
 from tofu_jax.schedule import OPS, Schedule
 
@@ -83,10 +84,8 @@ def _bipartite(x, size, n, r, metric, *, protected, rule, norm):
     unit = unit / jnp.maximum(jnp.linalg.norm(unit, axis=-1, keepdims=True), _EPS)
     scores = jnp.einsum("bic,bjc->bij", unit[:, ::2], unit[:, 1::2])
     scores = jnp.where(b_alive[None, None, :], scores, -jnp.inf)
-    if protected >= 1:
-        scores = scores.at[:, 0, :].set(-jnp.inf)
-    if protected >= 2:
-        scores = scores.at[:, :, 0].set(-jnp.inf)
+    protected_a, protected_b = protected_split(protected)
+    scores = scores.at[:, :protected_a, :].set(-jnp.inf).at[:, :, :protected_b].set(-jnp.inf)
     node_max = scores.max(axis=-1)
     dst = scores.argmax(axis=-1).astype(jnp.int32)
     key = jnp.where(a_alive[None], -node_max, jnp.inf)  # dead A tokens rank after every live one
@@ -98,12 +97,12 @@ def _bipartite(x, size, n, r, metric, *, protected, rule, norm):
     if rule is not None:
         w = jnp.where(is_src[..., None], sa, 0.0)
         xb, sb = _combine(xb, sb, xa, w, dst, rule, norm)
-    n_unm = is_unm.sum(axis=-1, keepdims=True)
-    a_out = jnp.cumsum(is_unm, axis=-1) - 1
-    b_out = n_unm + jnp.arange(b_pos.shape[0])[None]
-    if protected >= 2:  # the second prefix token (B's first) follows the first
-        a_out = jnp.where(jnp.arange(a_pos.shape[0]) == 0, 0, a_out + 1)
-        b_out = b_out.at[:, 0].set(1)
+    # Output order (matching.join): protected tokens as they were, other kept A, other B tokens.
+    free_unm = is_unm & (a_pos[None] >= protected)
+    a_out = protected + jnp.cumsum(free_unm, axis=-1) - 1
+    b_out = protected + free_unm.sum(axis=-1, keepdims=True) + jnp.arange(b_pos.shape[0])[None] - protected_b
+    a_out = jnp.where(a_pos[None] < protected, a_pos[None], a_out)
+    b_out = jnp.where(b_pos[None] < protected, b_pos[None], b_out)
     a_key = jnp.where(is_unm, a_out, big + a_pos[None])
     b_key = jnp.where(b_alive[None], b_out, big + b_pos[None])
     key = jnp.zeros((x.shape[0], big), jnp.int32).at[:, ::2].set(a_key).at[:, 1::2].set(b_key)
@@ -169,17 +168,18 @@ class Emulator:
     Args:
       model: a :class:`~tofu_jax.models.vit.ViT`.  params: its parameters.
       images: ``[B, H, W, C]`` images to score on (kept on device).
-      bucket: the token axis is trimmed to a multiple of this as tokens go (one program per length).
+      bucket: the token axis is trimmed to a multiple of this as tokens go (one program per length);
+        default: an eighth of the tokens, so at most nine programs per batch shape.
       cache_states: block states kept for reuse by schedules that share a prefix.
     """
 
-    def __init__(self, model, params, images, *, bucket: int = 16, cache_states: int = 96):
+    def __init__(self, model, params, images, *, bucket: int | None = None, cache_states: int = 96):
         from tofu_jax.models.vit import Encoder1DBlock  # the model imports this module
 
         self.config = c = model.config
         self.params = params
         self.images = jnp.asarray(images)
-        self.bucket = bucket
+        self.bucket = bucket or max(8, -(-c.num_tokens // 8))
         self._states: collections.OrderedDict = collections.OrderedDict()
         self._cache_states = cache_states
         last = f"encoderblock_{c.depth - 1}"
@@ -266,4 +266,3 @@ def fidelity(reference: np.ndarray, logits: np.ndarray) -> dict:
     per_image = np.asarray(jnp.sum(jnp.exp(ref) * (ref - red), axis=-1), np.float64)
     agree = np.asarray(reference).argmax(-1) == np.asarray(logits).argmax(-1)
     return {"kl": float(per_image.mean()), "agreement": float(agree.mean()), "kl_per_image": per_image}
-

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from tofu_jax.models.vit import ViTConfig
 from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, MATCHING_OPS, Schedule
 from tofu_jax.schedule import none as no_reduction
@@ -32,17 +34,21 @@ class FlopsReport:
         return self.total / 1e9
 
 
-def block_flops(n_in: int, n_out: int, config: ViTConfig, op: str = "none", metric: str = "keys") -> float:
-    """FLOPs of one block with ``n_in`` tokens at attention and ``n_out`` at the MLP."""
+def block_flops(n_in, n_out, config: ViTConfig, op: str = "none", metric: str = "keys"):
+    """FLOPs of one block with ``n_in`` tokens at attention and ``n_out`` at the MLP.
+
+    ``n_in`` and ``n_out`` may be NumPy arrays (the planner tabulates every count at once).
+    """
     d, m = config.width, config.mlp_dim
+    n_in, n_out = np.asarray(n_in, np.int64), np.asarray(n_out, np.int64)
     macs = 4 * n_in * d * d + 2 * n_in * n_in * d + 2 * n_out * d * m
-    if op in MATCHING_OPS and n_out < n_in:
-        c = config.head_dim if metric == "keys" else d
-        macs += ((n_in + 1) // 2) * (n_in // 2) * c
-    elif op in IMPORTANCE_MERGE_OPS and n_out < n_in:  # sources x kept tokens similarity
-        c = config.head_dim if metric == "keys" else d
-        macs += (n_in - n_out) * n_out * c
-    return 2.0 * macs
+    c = config.head_dim if metric == "keys" else d
+    if op in MATCHING_OPS:
+        macs = macs + np.where(n_out < n_in, ((n_in + 1) // 2) * (n_in // 2) * c, 0)
+    elif op in IMPORTANCE_MERGE_OPS:  # sources x kept tokens similarity
+        macs = macs + np.where(n_out < n_in, (n_in - n_out) * n_out * c, 0)
+    flops = 2.0 * macs
+    return flops if flops.ndim else float(flops)
 
 
 def model_flops(config: ViTConfig, schedule: Schedule | None = None) -> FlopsReport:
