@@ -7,7 +7,8 @@ throughput is timed in one interleaved loop (ratios comparable within a budget):
 * ``prune``     bipartite prune in every block;
 * ``mlerp``     MLERP merge in every block;
 * ``tofu_half`` paper-style split: prune in the first half, MLERP in the second;
-* ``tofu_plan`` the profiler's plan (``--planner``, default search on held-out training images).
+* ``tofu_plan`` the planner's schedule (``--planner``: the linearity profile's ``per_block`` plan by
+  default; ``experiments/planner_study.py`` compares the fidelity planner).
 
 Ablations at ``--ablation-budget``: average vs MLERP (max / weighted-mean norm), proportional
 attention on/off, keys vs tokens as similarity, and the split point of the paper-style schedule.
@@ -29,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.common import RESULTS, environment, parser, setup, write_json
-from tofu_jax import cli, planner
+from tofu_jax import planner
 from tofu_jax.compare import compare, format_table
 from tofu_jax.models.vit import ViT, make_apply
 from tofu_jax.profiler import profile_model
@@ -52,8 +53,8 @@ def main(argv=None):
     p = parser(__doc__)
     p.add_argument("--budgets", type=float, nargs="+", default=list(BUDGETS))
     p.add_argument("--ablation-budget", type=float, default=0.4)
-    p.add_argument("--planner", default="search", choices=["per_block", "split", "search"])
-    p.add_argument("--search-images", type=int, default=512)
+    p.add_argument("--planner", default="per_block", choices=["per_block", "split", "fidelity"])
+    p.add_argument("--plan-images", type=int, default=128, help="calibration images of --planner fidelity")
     p.add_argument("--skip-ablations", action="store_true")
     p.add_argument("--ablations", nargs="+", help="ablation groups to run (default: all)")
     p.add_argument(
@@ -65,8 +66,6 @@ def main(argv=None):
     t0 = time.time()
     config, params, test_x, test_y, calib_x = setup(args)
     profile = profile_model(config, params, calib_x, seed=args.seed)
-    held_x, held_y = cli._load_split(args, config, "train", args.search_images, offset=args.calib_images)
-    score = cli._score_fn(config, params, held_x, held_y, args.batch_size)
 
     rows = []
     plans = {}
@@ -76,7 +75,8 @@ def main(argv=None):
         if budget == 0.0:
             schedules = {"baseline": None}
         else:
-            pl = planner.plan(profile, config, budget, mode=args.planner, score=score)
+            pl = planner.plan(profile, config, budget, mode=args.planner, params=params,
+                              images=calib_x[: args.plan_images])  # fmt: skip
             plans[budget] = pl.meta(config) | {"schedule": pl.schedule.to_dict()}
             plan_ops = [b.op if b.op != "none" else "merge_mlerp" for b in pl.schedule.blocks]
             schedules = {"baseline": None}

@@ -30,7 +30,7 @@ def _run_sweep(tmp_path, checkpoint, config: ViTConfig, fmt: str, ablations=("--
     argv = [
         "--checkpoint", str(checkpoint), "--model", str(card), "--format", fmt,
         "--dataset", "cifar10", "--num-examples", "0", "--batch-size", "8", "--calib-images", "8",
-        "--search-images", "8", "--planner", "per_block", "--budgets", "0", "0.2",
+        "--planner", "per_block", "--budgets", "0", "0.2",
         *ablations, "--bench-batch", "4", "--bench-runs", "1", "--out", str(stem),
     ]  # fmt: skip
     with tfds.testing.mock_data(num_examples=12):
