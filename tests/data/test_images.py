@@ -194,7 +194,7 @@ def test_unlabelled_splits_are_refused_for_accuracy():
             return {"image": _photo(12, 12), "label": -1}
 
     streamed = I.StreamedImages(Unlabelled(8), np.arange(8), config, "the test split of imagenet2012")
-    with pytest.raises(
-        UserError, match=r"test split of imagenet2012 has labels -1\.\.-1 .*--split validation"
-    ):
-        next(streamed.batches(4))
+    needle = r"test split of imagenet2012 has labels -1\.\.-1 .*--split validation"
+    for first_read in (lambda: streamed.head(4), lambda: next(streamed.batches(4))):
+        with pytest.raises(UserError, match=needle):
+            first_read()

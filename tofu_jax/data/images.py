@@ -158,7 +158,9 @@ class StreamedImages:
 
     def head(self, k: int) -> np.ndarray:
         take = np.resize(self.indices, k) if len(self.indices) else self.indices
-        return read(self.source, take, self.config)[0]
+        images, labels = read(self.source, take, self.config)
+        check_labels(labels, self.config.num_classes, self.where)  # before the first compile
+        return images
 
     def batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
         for start in range(0, len(self.indices), batch_size):
