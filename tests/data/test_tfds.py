@@ -301,3 +301,26 @@ def test_not_prepared_errors(tmp_path):
 def test_batches_fails_on_call_not_on_first_next(tmp_path):
     with pytest.raises(DataError, match="not prepared"):
         T.batches("cifar10", "test", batch_size=2, image_size=32, data_dir=tmp_path)
+
+
+def test_cli_splits_take_tfds_syntax_and_read_only_their_draw(tiny_dir, monkeypatch):
+    """``--split test[:60%]`` / ``--calib-split train[:10]`` reach TFDS as written; calibration decodes
+    only its draw, evaluation one batch at a time."""
+    from tofu_jax import cli
+    from tofu_jax.data import images as image_data
+    from tofu_jax.models.vit import ViTConfig
+
+    config = ViTConfig(image_size=16, patch_size=8, width=16, depth=1, mlp_dim=32, num_heads=2,
+                       num_classes=5, input_norm="inception")  # fmt: skip
+    argv = ["run", "--dataset", "tofu_tiny_images", "--data-dir", str(tiny_dir), "--split", "test[:60%]",
+            "--calib-split", "train[:10]"]  # fmt: skip
+    args = cli.build_parser().parse_args(argv)
+    decoded = []
+    monkeypatch.setattr(image_data, "preprocess", lambda im, c: decoded.append(1) or np.zeros((16, 16, 3)))
+    images, labels = cli._load_split(args, config, args.calib_split, 4)
+    assert images.shape == (4, 16, 16, 3) and len(decoded) == 4 and set(labels) <= set(range(5))
+    streamed, none = cli._eval_set(args, config, 0)
+    assert none is None and len(streamed) == 3 and len(decoded) == 4  # nothing read yet
+    assert [v for *_, v in streamed.batches(2)] == [2, 1] and len(decoded) == 7
+    args.split = None
+    assert cli._eval_split_name(args) == "test"
