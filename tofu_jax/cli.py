@@ -101,7 +101,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--input-norm", choices=["inception", "imagenet", "clip"],
         help="pixel normalisation the model expects: inception = [-1, 1], imagenet/clip = their mean/std "
-        "(default: from the card / checkpoint; timm checkpoints need it)",
+        "(default: from the card or the checkpoint's family; bare timm weights of an unknown family "
+        "need it)",
     )  # fmt: skip
     g.add_argument(
         "--gelu", choices=["tanh", "exact"],
