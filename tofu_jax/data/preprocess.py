@@ -23,9 +23,10 @@ INPUT_NORMS = {
 
 
 MISSING_INPUT_NORM = (
-    "the model's pixel normalisation is unknown (timm checkpoints do not record it): pass --input-norm "
+    "the model's pixel normalisation is unknown (bare timm weights do not record it): pass --input-norm "
     "(input_norm= in Python) inception ([-1, 1]: AugReg/Google ViTs), imagenet (DeiT and timm models "
-    "with ImageNet mean/std) or clip"
+    "with ImageNet mean/std) or clip, or the timm model name with --model, or keep timm's config.json "
+    "beside the weights"
 )
 
 
