@@ -148,7 +148,7 @@ def test_api_arguments_outside_their_range():
     block = BlockProfile(0, *([0.1] * 9))
     profile = Profile(CONFIG.to_dict(), 4, 2, (0.5,), (block,) * 3)
     with pytest.raises(UserError, match="unknown profile metric 'nope'"):
-        planner.plan(profile, CONFIG, 0.3, metric="nope")
+        planner.plan(profile, CONFIG, 0.3, mode="per_block", metric="nope")
 
 
 def test_more_api_arguments_of_the_wrong_type():
