@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
+import json
 import math
 import time
 from fractions import Fraction
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -123,13 +126,20 @@ def main(argv=None):
     ref_logits = logits_of(apply, params, test_x, None, args.batch_size)
     ref_right = ref_logits.argmax(-1) == test_y
     plan_x, plan_y = calib_x[: args.plan_images], calib_y[: args.plan_images]
-    noise_em = Emulator(ViT(config), params, plan_x)
+    noise_em = Emulator(ViT(config), params, plan_x, cache_states=8)
     noise_ref = noise_em.logits(none(config.depth))
     rows, budgets_out = [], []
     rows.append({"budget": 0.0, "method": "unreduced", "schedule": "none", "top1": float(ref_right.mean()),
                  "agreement": 1.0, "kl": 0.0, "gflops": base_flops / 1e9, "flops_ratio": 1.0,
                  "speedup": 1.0, "tofu_only": "", "tome_only": "", "mcnemar_p": ""})  # fmt: skip
+    partial = Path(f"{args.out}.partial.json")  # budgets done so far: a re-run resumes after them
+    done = json.loads(partial.read_text()) if partial.exists() else {"rows": [], "budgets": []}
+    rows += done["rows"]
+    budgets_out += done["budgets"]
     for budget in args.budgets:
+        if any(b["budget"] == budget for b in budgets_out):
+            print(f"{budget:.0%}: done in {partial}", flush=True)
+            continue
         t0 = time.time()
         pl = planner.plan(profile, config, budget, params=params, images=plan_x,
                           progress=lambda text: print(f"  {text}", flush=True))  # fmt: skip
@@ -157,7 +167,8 @@ def main(argv=None):
                 "tofu_only": test["a_only"] if test else "", "tome_only": test["b_only"] if test else "",
                 "mcnemar_p": test["p"] if test else "",
             })  # fmt: skip
-        noise = objective_noise(noise_em, noise_ref, plan_y, schedules, rng, args.bootstrap)
+        noise_rng = np.random.default_rng([args.seed, round(budget * 100)])
+        noise = objective_noise(noise_em, noise_ref, plan_y, schedules, noise_rng, args.bootstrap)
         budgets_out.append({
             "budget": budget, "plan_seconds": plan_s, "chosen": pl.info["chosen"],
             "schedule": pl.schedule.describe(), "calibration_kl": pl.info["kl"],
@@ -168,6 +179,10 @@ def main(argv=None):
             print(f"{budget:.0%} {r['method']:<16s} top-1 {r['top1']:.2%}  agree {r['agreement']:.2%}  "
                   f"KL {r['kl']:.4f}  {r['gflops']:.3f} GFLOPs  x{r['speedup']:.2f}  {r['mcnemar_p']}",
                   flush=True)  # fmt: skip
+        write_json(partial, {"rows": rows[1:], "budgets": budgets_out})
+        del pl, logits
+        gc.collect()
+        jax.clear_caches()  # each budget's programs are done with; the persistent cache keeps them
     with open(f"{args.out}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -178,6 +193,7 @@ def main(argv=None):
         "plan_images": len(plan_x), "rows": rows, "budgets": budgets_out, "wall_s": time.time() - t_start,
     })  # fmt: skip
     plot(rows, f"{args.out}.png", f"{len(test_x)} test images")
+    partial.unlink(missing_ok=True)
     print(f"wrote {args.out}.csv/.json/.png ({time.time() - t_start:.0f}s)")
 
 
