@@ -179,20 +179,11 @@ def main(argv=None):
             extra_opt = OptimConfig(learning_rate=lr, warmup_steps=50, total_steps=steps, weight_decay=0.05)
             params = run_phase(name, BASE, params, train_f, train_y, extra_opt, args, log, fh)
 
-    apply = make_apply(ViT(BASE))
-    test = to_model_range(test_x)
-    res = accuracy(apply, params, batches(test, test_y, 250))
-    print(f"test top-1 {res['top1']:.4f} on {res['n']} images", flush=True)
-    out = Path(args.out)
-    google.save_npz(out, jax.device_get(params))
-    card = {
-        "name": "fmnist_vit",
-        "description": "ViT (patch 2, depth 12, width 96) trained on Fashion-MNIST by "
-        "experiments/train_default.py; CLS token at index 0, Google npz layout.",
-        "config": BASE.to_dict(),
-        "dataset": "fashion_mnist (IDX files), test split 10000 images",
-        "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1], input_norm 'inception'); no resize",
-        "training": {
+    save_model(
+        Path(args.out), params, BASE, test_x, test_y, "fmnist_vit",
+        "ViT (patch 2, depth 12, width 96) trained on Fashion-MNIST by experiments/train_default.py; "
+        "CLS token at index 0, Google npz layout.",
+        {
             "command": " ".join(["python experiments/train_default.py", *(argv or sys.argv[1:])]),
             "low_res_epochs": args.low_epochs, "low_res_image_size": 14,
             "high_res_steps": args.high_steps, "extra_steps": args.extra_steps,
@@ -202,8 +193,21 @@ def main(argv=None):
             "augmentation": augmentation_text(args.crop_pad),
             "wall_clock_s": round(time.time() - t_start),
         },
-        "test_top1": res["top1"],
-        "test_top5": res["top5"],
+    )  # fmt: skip
+
+
+def save_model(out: Path, params, config, test_x, test_y, name: str, description: str, training: dict):
+    """Evaluate on the uint8 test images, then write a Google npz plus its card (recipe, command,
+    test figures)."""
+    result = accuracy(make_apply(ViT(config)), params, batches(to_model_range(test_x), test_y, 250))
+    print(f"test top-1 {result['top1']:.4f} on {result['n']} images", flush=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    google.save_npz(out, jax.device_get(params))
+    card = {
+        "name": name, "description": description, "config": config.to_dict(),
+        "dataset": "fashion_mnist (IDX files), test split 10000 images",
+        "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1], input_norm 'inception'); no resize",
+        "training": training, "test_top1": result["top1"], "test_top5": result["top5"],
     }  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")

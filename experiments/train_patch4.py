@@ -14,21 +14,15 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
 
-import jax
-import numpy as np
-
 from experiments.common import RESULTS
-from experiments.train_default import run_phase
-from tofu_jax.checkpoints import google
+from experiments.train_default import run_phase, save_model
 from tofu_jax.data import idx
-from tofu_jax.data.preprocess import batches, to_model_range
-from tofu_jax.evaluate import accuracy
-from tofu_jax.models.vit import ViT, ViTConfig, init_params, make_apply
+from tofu_jax.data.preprocess import to_model_range
+from tofu_jax.models.vit import ViTConfig, init_params
 from tofu_jax.train import OptimConfig
 
 CONFIG = ViTConfig(
@@ -59,31 +53,18 @@ def main(argv=None):
         params = run_phase(
             "low", CONFIG, params, to_model_range(train_x), train_y, optim, args, csv.writer(fh), fh
         )
-    res = accuracy(make_apply(ViT(CONFIG)), params, batches(to_model_range(test_x), test_y, 250))
-    print(f"test top-1 {res['top1']:.4f} on {res['n']} images", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    google.save_npz(out, jax.device_get(params))
-    card = {
-        "name": "fmnist_p4",
-        "description": "ViT (patch 4, depth 8, width 64) trained on Fashion-MNIST by "
-        "experiments/train_patch4.py; CLS token at index 0, Google npz layout.",
-        "config": CONFIG.to_dict(),
-        "dataset": "fashion_mnist (IDX files), test split 10000 images",
-        "preprocessing": "uint8 / 127.5 - 1 (range [-1, 1], input_norm 'inception'); no resize",
-        "training": {
+    save_model(
+        Path(args.out), params, CONFIG, test_x, test_y, "fmnist_p4",
+        "ViT (patch 4, depth 8, width 64) trained on Fashion-MNIST by experiments/train_patch4.py; "
+        "CLS token at index 0, Google npz layout.",
+        {
             "command": " ".join(["python -m experiments.train_patch4", *(argv or sys.argv[1:])]),
             "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
             "optimizer": "adamw + warmup cosine, label smoothing 0.1",
             "augmentation": f"random crop (pad {args.crop_pad} px) + horizontal flip",
             "wall_clock_s": round(time.time() - t_start),
         },
-        "test_top1": res["top1"],
-        "test_top5": res["top5"],
-    }  # fmt: skip
-    out.with_suffix(".json").write_text(json.dumps(card, indent=1) + "\n")
-    print(f"wrote {out} and {out.with_suffix('.json')}")
-    return np.float64(res["top1"])
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
