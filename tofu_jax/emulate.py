@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tofu_jax.matching import protected_split
+from tofu_jax.matching import protected_split, unit_features
 from tofu_jax.merging import safe_norm
 from tofu_jax.schedule import OPS, Schedule
 
@@ -78,10 +78,7 @@ def _bipartite(x, size, n, r, metric, *, protected, rule, norm):
     pos = jnp.arange(big)
     a_pos, b_pos = pos[::2], pos[1::2]
     a_alive, b_alive = a_pos < n, b_pos < n
-    unit = metric.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(unit), axis=-1, keepdims=True)
-    unit = unit / jnp.where(scale > 1e15, scale, 1.0)
-    unit = unit / jnp.maximum(jnp.linalg.norm(unit, axis=-1, keepdims=True), _EPS)
+    unit = unit_features(metric)
     scores = jnp.einsum("bic,bjc->bij", unit[:, ::2], unit[:, 1::2])
     scores = jnp.where(b_alive[None, None, :], scores, -jnp.inf)
     protected_a, protected_b = protected_split(protected)

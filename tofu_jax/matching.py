@@ -76,6 +76,14 @@ def _check_rank(name: str, x: jax.Array, rank: int, shape_doc: str) -> None:
         raise UserError(f"{name} must have shape {shape_doc}, got shape {tuple(x.shape)}")
 
 
+def unit_features(metric: jax.Array) -> jax.Array:
+    """``[..., C]`` float32 features of unit norm, the cosine similarity matching compares."""
+    metric = metric.astype(jnp.float32)
+    scale = jnp.max(jnp.abs(metric), axis=-1, keepdims=True)
+    metric = metric / jnp.where(scale > 1e15, scale, 1.0)  # huge tokens: keep the norm finite
+    return metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
+
+
 def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) -> Matching:
     """ToMe's bipartite soft matching (docs/algorithms.md §2).
 
@@ -94,10 +102,7 @@ def bipartite_soft_matching(metric: jax.Array, r: int, *, protected: int = 1) ->
     _check_rank("metric", metric, 3, "[B, N, C]")
     n = metric.shape[1]
     check_r(r, n, protected)
-    metric = metric.astype(jnp.float32)
-    scale = jnp.max(jnp.abs(metric), axis=-1, keepdims=True)
-    metric = metric / jnp.where(scale > 1e15, scale, 1.0)  # huge tokens: keep the norm finite
-    metric = metric / jnp.maximum(jnp.linalg.norm(metric, axis=-1, keepdims=True), _EPS)
+    metric = unit_features(metric)
     a, b = metric[:, ::2], metric[:, 1::2]
     scores = jnp.einsum("bic,bjc->bij", a, b)
     protected_a, protected_b = protected_split(protected)

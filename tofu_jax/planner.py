@@ -28,7 +28,7 @@ from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViTConfig
 from tofu_jax.profiler import PROFILE_METRICS, Profile
-from tofu_jax.schedule import IMPORTANCE_OPS, BlockReduction, Schedule
+from tofu_jax.schedule import BlockReduction, Schedule, max_removal
 
 MODES = ("fidelity", "per_block", "split")
 SELECTIONS = ("redundancy", "importance")
@@ -115,8 +115,7 @@ def _fill(config: ViTConfig, ops: Sequence[str], rs: Sequence[int], **options) -
     n, protected = config.num_tokens, config.num_prefix
     blocks = []
     for op, r in zip(ops, rs, strict=True):
-        limit = max_reduction(n, protected) if op not in IMPORTANCE_OPS else max(0, n - protected - 1)
-        r = 0 if op == "none" else min(int(r), limit)
+        r = min(int(r), max_removal(op, n, protected))
         blocks.append(BlockReduction(op if r else "none", r))
         n -= r
     return Schedule(tuple(blocks), **options)
@@ -236,12 +235,6 @@ class SolverConfig:
             raise UserError("probe_images must be >= 1 and search_evals >= 0")
 
 
-def _op_limit(op: str, n: int, protected: int) -> int:
-    if op in IMPORTANCE_OPS:
-        return max(0, n - protected - 1)
-    return max_reduction(n, protected) if op != "none" else 0
-
-
 class _CostModel:
     """Additive surrogate of the KL of a schedule: sum over blocks of the probed single-block KL at the
     block's removal fraction ``r / (n_in - protected)`` (linear between probes, 0 at no removal)."""
@@ -276,7 +269,7 @@ def _schedule(ops: Sequence[str], rs: Sequence[int], options: dict) -> Schedule:
 def _valid(config: ViTConfig, ops, rs) -> bool:
     n = config.num_tokens
     for op, r in zip(ops, rs, strict=True):
-        if r < 0 or r > _op_limit(op, n, config.num_prefix):
+        if r < 0 or r > max_removal(op, n, config.num_prefix):
             return False
         n -= r
     return True
@@ -295,7 +288,7 @@ class _DynamicProgram:
         self.sizes = sizes = np.arange(n0 + 1)
         self.max_r = max_reduction(n0, protected)
         self.keep_flops = block_flops(sizes, sizes, config)
-        limits = {op: np.array([_op_limit(op, int(n), protected) for n in sizes]) for op in self.ops}
+        limits = {op: np.array([max_removal(op, int(n), protected) for n in sizes]) for op in self.ops}
         flops = {
             op: [block_flops(sizes[r:], sizes[r:] - r, config, op, metric) for r in range(1, self.max_r + 1)]
             for op in self.ops
@@ -403,7 +396,7 @@ def _probe(emulator, reference, config, solver: SolverConfig, options, progress)
     for block in range(config.depth):
         for k, op in enumerate(solver.ops):
             for j, frac in enumerate(solver.fractions):
-                r = min(_op_limit(op, n0, protected), max(1, round(frac * (n0 - protected))))
+                r = min(max_removal(op, n0, protected), max(1, round(frac * (n0 - protected))))
                 rs = [0] * config.depth
                 rs[block] = r
                 table[block, k, j] = fidelity(

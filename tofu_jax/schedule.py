@@ -15,6 +15,7 @@ from typing import Literal
 
 from tofu_jax.errors import UserError
 from tofu_jax.matching import max_reduction
+from tofu_jax.merging import max_importance_reduction
 
 Op = Literal[
     "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
@@ -30,6 +31,16 @@ MERGE_OPS = ("merge_avg", "merge_mlerp")
 IMPORTANCE_OPS = ("prune_importance", "merge_importance_mlerp", "merge_importance_avg")
 IMPORTANCE_MERGE_OPS = ("merge_importance_mlerp", "merge_importance_avg")
 SCHEDULE_VERSION = 1
+
+
+def max_removal(op: str, num_tokens: int, protected: int) -> int:
+    """Most tokens ``op`` can remove from ``num_tokens`` with ``protected`` prefix tokens: half of the
+    unprotected ones for bipartite matching, all but one for importance selection, none for ``none``."""
+    if op in MATCHING_OPS:
+        return max_reduction(num_tokens, protected)
+    if op in IMPORTANCE_OPS:
+        return max_importance_reduction(num_tokens, protected)
+    return 0
 
 
 class ScheduleError(UserError):
@@ -113,12 +124,7 @@ class Schedule:
         counts = [num_tokens]
         n = num_tokens
         for i, b in enumerate(self.blocks):
-            if b.op in MATCHING_OPS:
-                limit = max_reduction(n, protected)
-            elif b.op in IMPORTANCE_OPS:
-                limit = max(0, n - protected - 1)
-            else:
-                limit = 0
+            limit = max_removal(b.op, n, protected)
             if b.r > limit:
                 raise ScheduleError(
                     f"block {i} ({b.op}) asks to remove r={b.r} tokens but has {n} tokens "
