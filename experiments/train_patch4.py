@@ -1,8 +1,9 @@
 """Train the second evaluation model of the planner study: a Fashion-MNIST ViT with patch 4.
 
 Another shape than the bundled model: 28x28 images, patch 4 -> 49 patch tokens + CLS (50 tokens),
-depth 8, width 64, 2 heads, MLP 256; one warm-up-cosine AdamW run at full resolution. About 20
-minutes on 2 CPU cores; checkpoints to ``--workdir`` and resumes from there when re-run.
+depth 8, width 64, 2 heads, MLP 256; one warm-up-cosine AdamW run at full resolution. About 40
+minutes on 2 CPU cores (42 for the committed model, with other jobs running); checkpoints to
+``--workdir`` and resumes from there when re-run.
 
     python -m experiments.train_patch4 --workdir /tmp/fmnist_p4
 
