@@ -1,12 +1,9 @@
-"""Accuracy over a dataset and throughput of a compiled model (docs/algorithms.md §9)."""
+"""Accuracy over a dataset and the input checks every evaluation runs first (docs/algorithms.md §9)."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterable
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -66,35 +63,3 @@ def check_images(images, where: str = "images") -> None:
             f"{where}: image values reach {peak:g}; the model expects normalised inputs (e.g. [-1, 1]), "
             "not raw pixels: use images / 127.5 - 1 for 0..255 pixels"
         )
-
-
-def throughput(
-    apply: Callable,
-    params,
-    images: jax.Array,
-    schedule: Schedule | None = None,
-    *,
-    warmup: int = 2,
-    runs: int = 5,
-    min_seconds: float = 0.0,
-) -> dict:
-    """Images/s of a compiled forward pass: compile, warm up, then the median of ``runs`` timings."""
-    images = jnp.asarray(images)
-    t0 = time.perf_counter()
-    apply(params, images, schedule).block_until_ready()
-    compile_s = time.perf_counter() - t0
-    for _ in range(warmup):
-        apply(params, images, schedule).block_until_ready()
-    times = []
-    while len(times) < runs or sum(times) < min_seconds:
-        t = time.perf_counter()
-        apply(params, images, schedule).block_until_ready()
-        times.append(time.perf_counter() - t)
-    med = statistics.median(times)
-    return {
-        "images_per_s": images.shape[0] / med,
-        "median_s": med,
-        "runs": len(times),
-        "first_call_s": compile_s,
-        "batch": int(images.shape[0]),
-    }

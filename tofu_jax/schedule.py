@@ -11,22 +11,16 @@ import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 from tofu_jax.errors import UserError
 from tofu_jax.matching import max_reduction
 from tofu_jax.merging import max_importance_reduction
 
-Op = Literal[
-    "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
-    "merge_importance_avg",
-]  # fmt: skip
 OPS: tuple[str, ...] = (
     "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
     "merge_importance_avg",
 )  # fmt: skip
 MATCHING_OPS = ("prune", "merge_avg", "merge_mlerp")
-MERGE_OPS = ("merge_avg", "merge_mlerp")
 # Importance-guided ops (tokens chosen by CLS attention / key norm): r <= N - protected - 1.
 IMPORTANCE_OPS = ("prune_importance", "merge_importance_mlerp", "merge_importance_avg")
 IMPORTANCE_MERGE_OPS = ("merge_importance_mlerp", "merge_importance_avg")
