@@ -110,6 +110,19 @@ def check_budget(budget: float | None, target_gflops: float | None = None) -> No
         raise BudgetError(f"target_gflops must be positive, got {target_gflops}")
 
 
+def target_flops(config: ViTConfig, budget: float | None, target_gflops: float | None) -> float:
+    """Per-image FLOPs a plan must stay at or under, from a fraction removed or a GFLOPs target."""
+    check_budget(budget, target_gflops)
+    base = model_flops(config).total
+    if budget is not None:
+        return base * (1.0 - budget)
+    if not target_gflops * 1e9 <= base:
+        raise BudgetError(
+            f"target {target_gflops} GFLOPs out of range: the unreduced model needs {base / 1e9:.4f}"
+        )
+    return target_gflops * 1e9
+
+
 def _fill(config: ViTConfig, ops: Sequence[str], rs: Sequence[int], **options) -> Schedule:
     """Schedule with ``rs`` clamped to what each block can remove."""
     n, protected = config.num_tokens, config.num_prefix
@@ -141,15 +154,7 @@ def allocate(
     if len(ops) != config.depth:
         raise UserError(f"got {len(ops)} ops for a model of depth {config.depth}")
     base = model_flops(config).total
-    check_budget(budget, target_gflops)
-    if budget is not None:
-        target = base * (1.0 - budget)
-    else:
-        target = target_gflops * 1e9
-        if not 0 < target <= base:
-            raise BudgetError(
-                f"target {target_gflops} GFLOPs out of range: the unreduced model needs {base / 1e9:.4f}"
-            )
+    target = target_flops(config, budget, target_gflops)
     flops = lambda s: model_flops(config, s).total
     depth = config.depth
     lo, hi = 0, config.num_tokens
@@ -424,7 +429,7 @@ def baseline_schedules(
     """
     from tofu_jax.schedule import tome_clamped
 
-    check_budget(budget, target_gflops)
+    target = target_flops(config, budget, target_gflops)
     options = {"prop_attn": True, **options}
     depth, out = config.depth, {}
     half = depth // 2
@@ -441,8 +446,6 @@ def baseline_schedules(
             out[name] = allocate(config, ops, budget, target_gflops=target_gflops, **options)
         except BudgetError:
             continue
-    base = model_flops(config).total
-    target = base * (1 - budget) if budget is not None else target_gflops * 1e9
     for r in range(1, config.num_tokens):
         s = tome_clamped(depth, r, config.num_tokens, config.num_prefix, inflect=-0.5, **options)
         if model_flops(config, s).total <= target:
@@ -537,15 +540,9 @@ def solve(
     from tofu_jax.models.vit import ViT
 
     t0 = time.time()
-    check_budget(budget, target_gflops)
+    target = target_flops(config, budget, target_gflops)
     say = progress or (lambda text: None)
     options = {"prop_attn": True, **options}
-    base = model_flops(config).total
-    target = base * (1 - budget) if budget is not None else target_gflops * 1e9
-    if not 0 < target <= base:
-        raise BudgetError(
-            f"target {target / 1e9:.4f} GFLOPs out of range: the unreduced model needs {base / 1e9:.4f}"
-        )
     model = ViT(config)
     emulator = Emulator(model, params, images)
     probe_em = emulator
