@@ -222,8 +222,7 @@ class Emulator:
     def logits(self, schedule: Schedule) -> np.ndarray:
         """``[B, num_classes]`` float32 logits of ``schedule`` (validated against the model)."""
         c = self.config
-        schedule.validate(c.depth, c.num_tokens, c.num_prefix)
-        counts = schedule.token_counts(c.num_tokens, c.num_prefix)
+        counts = schedule.validate(c.depth, c.num_tokens, c.num_prefix)
         options = (schedule.prop_attn, schedule.mlerp_norm, schedule.metric)
         start, x, size = 0, self._x0, self._size0
         for depth in range(c.depth, 0, -1):  # longest cached prefix

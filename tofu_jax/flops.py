@@ -54,8 +54,7 @@ def block_flops(n_in, n_out, config: ViTConfig, op: str = "none", metric: str = 
 def model_flops(config: ViTConfig, schedule: Schedule | None = None) -> FlopsReport:
     """Per-image FLOPs of ``config`` under ``schedule`` (validated against the model)."""
     schedule = schedule if schedule is not None else no_reduction(config.depth)
-    schedule.validate(config.depth, config.num_tokens, config.num_prefix)
-    counts = schedule.token_counts(config.num_tokens, config.num_prefix)
+    counts = schedule.validate(config.depth, config.num_tokens, config.num_prefix)
     embed = 2.0 * config.num_patches * config.patch_size**2 * config.channels * config.width
     blocks = tuple(
         block_flops(counts[i], counts[i + 1], config, b.op, schedule.metric)

@@ -128,11 +128,11 @@ class Schedule:
             counts.append(n)
         return counts
 
-    def validate(self, depth: int, num_tokens: int, protected: int = 1) -> None:
-        """Check the schedule against a model before tracing."""
+    def validate(self, depth: int, num_tokens: int, protected: int = 1) -> list[int]:
+        """Check the schedule against a model before tracing; returns :meth:`token_counts`."""
         if self.depth != depth:
             raise ScheduleError(f"schedule has {self.depth} blocks but the model has depth {depth}")
-        self.token_counts(num_tokens, protected)
+        return self.token_counts(num_tokens, protected)
 
     # --- JSON -------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
