@@ -12,7 +12,7 @@ FMNIST := /usr/share/datasets/fashion-mnist
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,tfds,parity]'
+	$(BIN)/pip install --quiet -e '.[dev,tfds,parity,plots]'
 	# timm's torchvision dependency has no working CPU wheel beside torch 2.13.0: timm only
 	# needs it at import time, and the parity tests stand in a placeholder for it.
 	$(BIN)/pip install --quiet --no-deps 'timm==1.0.31'

@@ -1,19 +1,35 @@
-"""Plots: schedule comparisons, linearity profiles, token-count pictures."""
+"""Plots: schedule comparisons, linearity profiles, token-count pictures.
+
+matplotlib is optional (``pip install 'tofu_jax[plots]'``) and imported only when a plot is drawn.
+Figures are ``matplotlib.figure.Figure`` objects rendered by the Agg canvas directly, so drawing one
+never selects or changes the global pyplot backend of the program that calls this module.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from tofu_jax.errors import UserError
+
+
+def _figure(figsize: tuple[float, float]):
+    """A new Figure on its own Agg canvas (no pyplot, no global backend)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as e:
+        raise UserError("drawing plots needs matplotlib: pip install 'tofu_jax[plots]'") from e
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
 
 
 def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None:
     """Top-1 vs GFLOPs and images/s per schedule, side by side."""
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     for r in rows:
         ax1.scatter(r["gflops"], 100 * r["top1"], s=50)
         ax1.annotate(r["name"], (r["gflops"], 100 * r["top1"]), textcoords="offset points", xytext=(5, 5))
@@ -36,13 +52,13 @@ def plot_comparison(rows: list[dict], path: str | Path, title: str = "") -> None
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_profile(profile, path: str | Path, threshold: float | None = None) -> None:
     """Per-block linearity (matched vs random pairs, MLP and block views) on a log scale."""
     blocks = np.arange(len(profile.blocks))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure((10, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     for name, style in (
         ("L_mlp_matched", "o-"),
         ("L_mlp_random", "o--"),
@@ -66,7 +82,6 @@ def plot_profile(profile, path: str | Path, threshold: float | None = None) -> N
     fig.suptitle(f"linearity profile ({profile.num_images} calibration images, r={profile.r_profile})")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def token_groups(sources: np.ndarray, num_prefix: int, grid: int) -> np.ndarray:
@@ -91,7 +106,8 @@ def plot_token_groups(image: np.ndarray, groups: np.ndarray, path: str | Path, t
     img = (img - img.min()) / max(float(img.max() - img.min()), 1e-6)
     if img.ndim == 3 and img.shape[-1] == 1:
         img = img[..., 0]
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6))
+    fig = _figure((10, 3.6))
+    axes = fig.subplots(1, 3)
     axes[0].imshow(img, cmap="gray" if img.ndim == 2 else None)
     axes[0].set_title("input")
     axes[1].imshow(colours, interpolation="nearest")
@@ -111,7 +127,6 @@ def plot_token_groups(image: np.ndarray, groups: np.ndarray, path: str | Path, t
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_schedule(schedule, token_counts: list[int], path: str | Path, title: str = "") -> None:
@@ -121,7 +136,8 @@ def plot_schedule(schedule, token_counts: list[int], path: str | Path, title: st
         "prune_importance": "tab:orange", "merge_importance_mlerp": "tab:olive",
         "merge_importance_avg": "tab:cyan",
     }  # fmt: skip
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig = _figure((7, 3.2))
+    ax = fig.subplots()
     ops = [b.op for b in schedule.blocks]
     ax.bar(range(len(ops)), token_counts[1:], color=[colours.get(o, "k") for o in ops])
     for op in dict.fromkeys(ops):
@@ -131,4 +147,3 @@ def plot_schedule(schedule, token_counts: list[int], path: str | Path, title: st
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
