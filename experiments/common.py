@@ -10,7 +10,7 @@ from pathlib import Path
 
 import jax
 
-from tofu_jax import cli, compile_cache
+from tofu_jax import cli, compile_cache, data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -30,8 +30,9 @@ def setup(args):
     """``(config, params, test_x, test_y, calib_x)``; turns on the persistent compile cache first."""
     compile_cache.enable(args.compile_cache)
     config, params = cli._load_model(args)
-    test_x, test_y = cli._load_split(args, config, "test", args.num_examples)
-    calib_x, _ = cli._load_split(args, config, "train", args.calib_images)
+    kw = {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
+    test_x, test_y = data.load_split(args.dataset, "test", config, limit=args.num_examples, **kw)
+    calib_x, _ = data.load_split(args.dataset, "train", config, limit=args.calib_images, **kw)
     return config, params, test_x, test_y, calib_x
 
 

@@ -44,7 +44,7 @@ from tofu_jax import schedule as S  # noqa: E402
 from tofu_jax.checkpoints import google  # noqa: E402
 from tofu_jax.checkpoints.common import CheckpointError, flatten, npz_load, unflatten  # noqa: E402
 from tofu_jax.data import idx  # noqa: E402
-from tofu_jax.data.preprocess import resize_nearest_area, to_model_range  # noqa: E402
+from tofu_jax.data.transforms import resize_nearest_area, to_model_range  # noqa: E402
 from tofu_jax.models import dit as D  # noqa: E402
 from tofu_jax.train import OptimConfig, load_train_state, make_optimizer, save_train_state  # noqa: E402
 

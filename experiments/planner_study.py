@@ -33,7 +33,7 @@ from experiments.common import RESULTS, environment, write_json
 from tofu_jax import compile_cache, planner
 from tofu_jax.compare import benchmark
 from tofu_jax.data import idx
-from tofu_jax.data.preprocess import renormalize, to_model_range
+from tofu_jax.data.transforms import renormalize, to_model_range
 from tofu_jax.emulate import Emulator, fidelity
 from tofu_jax.flops import model_flops
 from tofu_jax.models.loading import load_model

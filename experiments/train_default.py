@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import sys
 import time
@@ -28,7 +29,8 @@ from tofu_jax.checkpoints import google
 from tofu_jax.checkpoints.common import flatten
 from tofu_jax.checkpoints.load import adapt
 from tofu_jax.data import idx
-from tofu_jax.data.preprocess import augment, batches, resize_nearest_area, to_model_range
+from tofu_jax.data.batching import batches
+from tofu_jax.data.transforms import augment, resize_nearest_area, to_model_range
 from tofu_jax.evaluate import accuracy
 from tofu_jax.models.vit import ViT, ViTConfig, init_params, make_apply
 from tofu_jax.train import (
@@ -65,14 +67,13 @@ def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     while step < optim.total_steps:
         epoch = step // steps_per_epoch
         ep_rng = np.random.default_rng(args.seed + 7919 * epoch + phase_id)
-        order = ep_rng.permutation(len(images))
-        for i in range(step % steps_per_epoch, steps_per_epoch):
+        epoch_batches = batches(images, labels, args.batch_size, rng=ep_rng, drop_remainder=True)
+        for xb, yb, _ in itertools.islice(epoch_batches, step % steps_per_epoch, None):  # resume mid-epoch
             if step >= optim.total_steps:
                 break
-            sel = order[i * args.batch_size : (i + 1) * args.batch_size]
-            x = augment(images[sel], rng, pad=pad)
+            x = augment(xb, rng, pad=pad)
             params, opt_state, metrics = step_fn(
-                params, opt_state, jnp.asarray(x), jnp.asarray(labels[sel]), jax.random.fold_in(key, step)
+                params, opt_state, jnp.asarray(x), jnp.asarray(yb), jax.random.fold_in(key, step)
             )
             step += 1
             if step % 50 == 0 or step == optim.total_steps:

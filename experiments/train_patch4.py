@@ -22,7 +22,7 @@ from pathlib import Path
 from experiments.common import RESULTS
 from experiments.train_default import run_phase, save_model
 from tofu_jax.data import idx
-from tofu_jax.data.preprocess import to_model_range
+from tofu_jax.data.transforms import to_model_range
 from tofu_jax.models.vit import ViTConfig, init_params
 from tofu_jax.train import OptimConfig
 

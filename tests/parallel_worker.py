@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from tofu_jax import parallel as par  # noqa: E402
 from tofu_jax import schedule as S  # noqa: E402
 from tofu_jax.checkpoints.common import tree_to_flat_arrays  # noqa: E402
-from tofu_jax.data.preprocess import batches  # noqa: E402
+from tofu_jax.data.batching import batches  # noqa: E402
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply  # noqa: E402
 from tofu_jax.train import OptimConfig, make_optimizer, make_train_step  # noqa: E402
 

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tofu_jax.data.preprocess import check_input_norm, renormalize
 from tofu_jax.errors import UserError
 from tofu_jax.export import PLATFORMS
 from tofu_jax.profiler import PROFILE_METRICS
@@ -180,84 +179,21 @@ def _load_model(args):
     )
 
 
-_IDX = "fashion_mnist_idx"
+def _data_kwargs(args) -> dict:
+    """The data flags every open-data call takes (the seed rule is in :func:`tofu_jax.data.load_split`)."""
+    return {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
 
 
 def _eval_split_name(args) -> str:
-    """``--split``, else the dataset's test split, else its validation split."""
-    if args.split:
-        return args.split
-    if args.dataset == _IDX:
-        return "test"
-    if args.dataset == "imagefolder":
-        root = Path(args.data_dir or ".")
-        return next((s for s in ("test", "validation", "val") if (root / s).is_dir()), "test")
-    from tofu_jax.data import tfds as tfds_data
+    from tofu_jax.data import eval_split_name
 
-    splits = tfds_data.dataset_spec(args.dataset, args.data_dir).splits
-    return "validation" if "test" not in splits and "validation" in splits else "test"
-
-
-def _load_split(args, config, split: str, limit: int | None, offset: int = 0, *, labelled: bool = True):
-    """``(images float32 [N, H, W, C], labels int32 [N])``, preprocessed for the model.
-
-    ``limit`` images (0/None: all) of a seeded draw, skipping its first ``offset``; only those are read.
-    ``labelled``: refuse labels the model cannot score (-1 of unlabelled splits).
-    """
-    from tofu_jax.data import images as image_data
-
-    check_input_norm(config.input_norm)  # before reading anything
-    seed = args.seed + (split == args.calib_split)
-    where = f"the {split} split of {args.dataset}"
-    if args.dataset == _IDX:
-        images, labels = _read_idx(args, config, split, limit, offset, seed)
-    else:
-        source, num_classes = image_data.open_source(args.dataset, split, args.data_dir)
-        if labelled:
-            _check_class_count(num_classes, config, where)
-        sel = image_data.subset(len(source), limit, seed=seed, offset=offset)
-        images, labels = image_data.read(source, sel, config)
-    if labelled:
-        image_data.check_labels(labels, config.num_classes, where)
-    return images, labels
-
-
-def _read_idx(args, config, split: str, limit, offset: int, seed: int):
-    from tofu_jax.data import idx
-    from tofu_jax.data.images import subset
-    from tofu_jax.data.preprocess import resize_nearest_area, to_model_range
-
-    images, labels = idx.load_split(split, args.data_dir)
-    sel = subset(len(images), limit, seed=seed, offset=offset)
-    images, labels = to_model_range(images[sel]), labels[sel]  # subsample first: resizing costs
-    if images.shape[-1] != config.channels:
-        images = np.repeat(images, config.channels, axis=-1)
-    return renormalize(resize_nearest_area(images, config.image_size), config.input_norm), labels
+    return eval_split_name(args.dataset, args.split, args.data_dir)
 
 
 def _eval_set(args, config, limit: int | None):
-    """The evaluation split for ``compare``: ``(images, labels)`` in memory for IDX files, else a
-    :class:`~tofu_jax.data.images.StreamedImages` (decoded batch by batch) and ``None``."""
-    split = _eval_split_name(args)
-    if args.dataset == _IDX:
-        return _load_split(args, config, split, limit)
-    from tofu_jax.data import images as image_data
+    from tofu_jax.data import open_eval_set
 
-    source, num_classes = image_data.open_source(args.dataset, split, args.data_dir)
-    where = f"the {split} split of {args.dataset}"
-    _check_class_count(num_classes, config, where)
-    sel = image_data.subset(len(source), limit, seed=args.seed)
-    return image_data.StreamedImages(source, sel, config, where), None
-
-
-def _check_class_count(num_classes: int, config, where: str) -> None:
-    """Before any compile: a dataset with more classes than the head cannot be scored."""
-    if num_classes > config.num_classes:
-        raise UserError(
-            f"{where} has {num_classes} classes but the model has {config.num_classes}; pass "
-            "--num-classes N --reset-head to train a new head, or evaluate on a dataset with the "
-            "model's classes"
-        )
+    return open_eval_set(args.dataset, args.split, config, limit=limit, **_data_kwargs(args))
 
 
 class _Progress:
@@ -313,7 +249,10 @@ def _schedule_from_args(args, config, params):
 
 def _calibration_images(args, config):
     """``--calib-images`` seeded images of ``--calib-split`` (labels unused), normalised for the model."""
-    return _load_split(args, config, args.calib_split, args.calib_images, labelled=False)[0]
+    from tofu_jax.data import load_split
+
+    kw = dict(_data_kwargs(args), limit=args.calib_images, labelled=False)
+    return load_split(args.dataset, args.calib_split, config, **kw)[0]
 
 
 def _profile(args, config, params, images):
@@ -327,14 +266,12 @@ def _profile(args, config, params, images):
 def cmd_run(args) -> int:
     from tofu_jax import planner
     from tofu_jax.compare import compare, device_description, format_table
-    from tofu_jax.models.vit import ViT, make_apply
     from tofu_jax.schedule import Schedule
     from tofu_jax.viz import plot_comparison
 
     t0 = time.time()
     planner.check_budget(args.budget)
     config, params = _load_model(args)
-    apply = make_apply(ViT(config))  # one program per schedule and shape for the whole comparison
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     test_x, test_y = _eval_set(args, config, args.num_examples)
@@ -360,7 +297,6 @@ def cmd_run(args) -> int:
     rows = compare(
         config, params, schedules, test_x, test_y,
         batch_size=args.batch_size, bench_batch=args.bench_batch, bench_runs=args.bench_runs, progress=bar,
-        apply=apply,
     )  # fmt: skip
     bar.close()
     print(format_table(rows))
@@ -451,7 +387,11 @@ def cmd_finetune(args) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     sched = _schedule_from_args(args, config, params)
     sched.to_json(out_dir / "schedule.json")
-    train_x, train_y = _load_split(args, config, args.calib_split, args.train_images)
+    from tofu_jax.data import load_split
+
+    train_x, train_y = load_split(
+        args.dataset, args.calib_split, config, limit=args.train_images, **_data_kwargs(args)
+    )
     test_x, test_y = _eval_set(args, config, args.num_examples)
     zero_shot = params
     from tqdm.auto import tqdm
@@ -486,12 +426,12 @@ def cmd_visualize(args) -> int:
 
     planner.check_budget(args.budget)
     config, params = _load_model(args)
-    if args.image:  # any size: the model's own resize, crop and normalisation
-        from tofu_jax.data.images import decode, preprocess
+    from tofu_jax.data import read_image, read_image_file
 
-        image = preprocess(decode(Path(args.image)), config)
+    if args.image:  # any size: the model's own resize, crop and normalisation
+        image = read_image_file(args.image, config)
     else:
-        image = _read_one(args, config, args.index)
+        image = read_image(args.dataset, args.split, config, args.index, data_dir=args.data_dir)
     sched = _schedule_from_args(args, config, params)
     logits, state = ViT(config).apply(
         {"params": params}, jnp.asarray(image[None]), sched, track_sources=True, mutable=["intermediates"]
@@ -506,23 +446,6 @@ def cmd_visualize(args) -> int:
     plot_schedule(sched, counts, out.with_name(out.stem + "_schedule.png"))
     print(f"wrote {out} and {out.with_name(out.stem + '_schedule.png')}")
     return 0
-
-
-def _read_one(args, config, index: int) -> np.ndarray:
-    """Image ``index`` of the evaluation split, preprocessed (only that one is decoded)."""
-    split = _eval_split_name(args)
-    if args.dataset == _IDX:
-        images, _ = _load_split(args, config, split, None, labelled=False)
-        source_len, image = len(images), images[index] if 0 <= index < len(images) else None
-    else:
-        from tofu_jax.data import images as image_data
-
-        source, _ = image_data.open_source(args.dataset, split, args.data_dir)
-        source_len = len(source)
-        image = image_data.read(source, [index], config)[0][0] if 0 <= index < source_len else None
-    if image is None:
-        raise UserError(f"--index {index} out of range 0..{source_len - 1}")
-    return image
 
 
 def build_parser() -> argparse.ArgumentParser:

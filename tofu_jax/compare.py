@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tofu_jax.data.preprocess import batches
+from tofu_jax.data.batching import batches
 from tofu_jax.evaluate import accuracy
 from tofu_jax.flops import model_flops
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply
@@ -75,7 +75,7 @@ def compare(
     same model and images skip recompiling and re-evaluating a schedule.
 
     ``images``: ``[N, H, W, C]`` with ``labels [N]``, or a
-    :class:`~tofu_jax.data.images.StreamedImages` with ``labels=None``, decoded batch by batch for each
+    :class:`~tofu_jax.data.batching.StreamedImages` with ``labels=None``, decoded batch by batch for each
     schedule (a split too large for memory).
     """
     apply = apply if apply is not None else make_apply(ViT(config))

@@ -21,5 +21,9 @@ class InputError(UserError):
     """Arrays passed to the API that the model cannot use (dtype, range, shape, NaN/Inf)."""
 
 
+class DataError(UserError):
+    """Missing, corrupt, truncated or unprepared data (IDX files, image folders, TFDS datasets)."""
+
+
 class NonFiniteError(UserError, FloatingPointError):
     """The model produced NaN/Inf values; the message names the schedule and the batch."""

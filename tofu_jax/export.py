@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tofu_jax.data.preprocess import INPUT_NORMS
+from tofu_jax.data.transforms import INPUT_NORMS
 from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.models.vit import ViT, ViTConfig
@@ -49,7 +49,7 @@ PREPROCESSING = {
 
 
 def _resize(config: ViTConfig) -> str:
-    """The evaluation resize and crop of ``tofu_jax.data.images.preprocess``, in words."""
+    """The evaluation resize and crop of ``tofu_jax.data.transforms.preprocess``, in words."""
     side = "the shorter side" if config.resize == "shorter" else "both sides"
     target = max(int(config.image_size / config.crop_pct + 1e-6), config.image_size)
     filt = config.interpolation + (", anti-aliased" if config.antialias else ", not anti-aliased")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tofu_jax.data.preprocess import augment
+from tofu_jax.data.transforms import augment
 from tofu_jax.errors import UserError
 from tofu_jax.evaluate import check_images
 from tofu_jax.models.vit import ViT, ViTConfig

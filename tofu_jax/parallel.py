@@ -243,7 +243,7 @@ def shard_batch(
       images: ``[b, H, W, C]`` local rows (on a pod each process passes its own, same ``b``).
       labels: ``[b]`` ints.
       valid_mask: ``[b]`` bools, or an int ``valid`` (the first ``valid`` rows are real, as yielded by
-        :func:`tofu_jax.data.preprocess.batches`), or None (all real).
+        :func:`tofu_jax.data.batching.batches`), or None (all real).
       mesh: default: all devices, data-parallel.
     Returns:
       Global arrays of ``process_count * b'`` rows, ``b'`` = ``b`` rounded up to a multiple of the

@@ -15,7 +15,7 @@ import pytest
 from tofu_jax.checkpoints import google
 from tofu_jax.checkpoints.common import unflatten
 from tofu_jax.cli import main
-from tofu_jax.data import images as image_data
+from tofu_jax.data import transforms
 from tofu_jax.models.vit import ViTConfig
 
 from .helpers import random_flat
@@ -33,13 +33,13 @@ MOCKED = 300  # examples per mocked split: a run that read a whole split would d
 def decoded(monkeypatch):
     """Counts images preprocessed (every decoded image is)."""
     count = [0]
-    original = image_data.preprocess
+    original = transforms.preprocess
 
     def counting(image, config):
         count[0] += 1
         return original(image, config)
 
-    monkeypatch.setattr(image_data, "preprocess", counting)
+    monkeypatch.setattr(transforms, "preprocess", counting)
     return count
 
 

@@ -116,7 +116,7 @@ def test_hf_weights_without_config_json_ask_for_num_heads(transformers, torch, t
 
 def test_timm_family_recipes_match_timm_pretrained_configs(timm):
     """Every timm name a :data:`TIMM_RECIPES` row covers gets timm's mean/std, crop and filter."""
-    from tofu_jax.data.preprocess import input_norm_from_stats
+    from tofu_jax.data.transforms import input_norm_from_stats
     from tofu_jax.models.loading import _timm_name_fields
 
     checked = 0

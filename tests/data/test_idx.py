@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tofu_jax.data import idx
-from tofu_jax.data.idx import DataError
+from tofu_jax.errors import DataError
 
 REAL_DIR = Path("/usr/share/datasets/fashion-mnist")
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tests.fuzz.conftest import CONFIG
 from tofu_jax import matching, merging
 from tofu_jax.blocks import TokenReducer
-from tofu_jax.data.preprocess import batches
+from tofu_jax.data.batching import batches
 from tofu_jax.errors import ConfigError, InputError, NonFiniteError, UserError
 from tofu_jax.evaluate import accuracy, check_images
 from tofu_jax.models.vit import ViT, init_params, make_apply

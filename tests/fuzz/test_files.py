@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from tests.fuzz.conftest import CONFIG
 from tofu_jax.checkpoints import load
 from tofu_jax.checkpoints.common import CheckpointError
-from tofu_jax.data.idx import DataError, read_idx
-from tofu_jax.errors import ConfigError, UserError
+from tofu_jax.data.idx import read_idx
+from tofu_jax.errors import ConfigError, DataError, UserError
 from tofu_jax.models.loading import load_model, resolve_config
 from tofu_jax.profiler import Profile
 from tofu_jax.schedule import Schedule, ScheduleError

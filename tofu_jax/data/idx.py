@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tofu_jax.errors import UserError
+from tofu_jax.errors import DataError
 
 DEFAULT_DIRS = ("/usr/share/datasets/fashion-mnist",)
 FILES = {
@@ -24,10 +24,6 @@ CLASS_NAMES = (
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(UserError):
-    """Missing, corrupt or truncated data files."""
 
 
 def default_dir() -> Path:

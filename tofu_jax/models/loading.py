@@ -26,7 +26,7 @@ from tofu_jax.assets import BUNDLED_CHECKPOINT, bundled_card
 from tofu_jax.checkpoints import google, infer, torch_formats
 from tofu_jax.checkpoints.common import CheckpointError
 from tofu_jax.checkpoints.load import FORMATS, adapt
-from tofu_jax.data.preprocess import INPUT_NORMS, input_norm_from_stats
+from tofu_jax.data.transforms import INPUT_NORMS, input_norm_from_stats
 from tofu_jax.errors import ConfigError
 from tofu_jax.models.vit import PRESETS, ViTConfig, preset
 
