@@ -14,7 +14,7 @@ Reported per method (written to ``<out>.json`` and ``<out>.png``):
   (c) sampling speed (images/s at ``--bench-batch``; all methods compiled and warmed up, then timed
       interleaved, median of ``--bench-runs`` rounds, so the ratios come from one run).
 
-Resumable: training checkpoints to ``<workdir>/state.npz`` every ``--ckpt-every`` steps and resumes
+Resumable: training checkpoints to ``<workdir>/state/`` (Orbax) every ``--ckpt-every`` steps and resumes
 from it; the EMA weights go to ``<workdir>/dit_ema.npz`` (Google-style flat npz); generated samples
 are cached per method in ``<workdir>/samples/``. Re-running with more ``--train-steps`` continues
 training (and invalidates the sample cache).
@@ -123,7 +123,7 @@ def load_images(split: str, data_dir) -> tuple[np.ndarray, np.ndarray]:
 def train(args, config: D.DiTConfig, workdir: Path) -> tuple[dict, dict]:
     """Train (or resume) to ``--train-steps``; returns ``(ema_params, summary)``."""
     model, diffusion = D.DiT(config), D.Diffusion()
-    state_path, ema_path = workdir / "state.npz", workdir / "dit_ema.npz"
+    state_path, ema_path = workdir / "state", workdir / "dit_ema.npz"
     tx = make_optimizer(
         OptimConfig(
             learning_rate=args.lr, weight_decay=0.0, warmup_steps=args.warmup, total_steps=args.train_steps

@@ -33,6 +33,7 @@ def worker(batch: int, runs: int) -> dict:
     import jax
     import numpy as np
 
+    from tofu_jax import evaluate
     from tofu_jax import parallel as par
     from tofu_jax.models.vit import ViTConfig, init_params
 
@@ -45,17 +46,16 @@ def worker(batch: int, runs: int) -> dict:
 
     mesh = par.make_mesh()
     placed = par.shard_tree(params, mesh)
-    x, y, m = par.shard_batch(images, np.zeros(batch, np.int32), None, mesh)
-    f = par._eval_fn(config, mesh, placed)
+    x = jax.device_put(images, par.batch_sharding(mesh))
+    predict = evaluate.predict_fn(config, mesh)
     t = time.perf_counter()
-    logits, _ = f(placed, x, y, m, None)
-    logits.block_until_ready()
+    logits = predict(placed, x).block_until_ready()
     first = time.perf_counter() - t
-    f(placed, x, y, m, None)[0].block_until_ready()  # warm-up
+    predict(placed, x).block_until_ready()  # warm-up
     times = []
     for _ in range(runs):
         t = time.perf_counter()
-        f(placed, x, y, m, None)[0].block_until_ready()
+        predict(placed, x).block_until_ready()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
     return {

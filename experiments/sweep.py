@@ -32,7 +32,6 @@ import numpy as np
 from experiments.common import RESULTS, environment, parser, setup, write_json
 from tofu_jax import planner
 from tofu_jax.compare import compare, format_table
-from tofu_jax.models.vit import ViT, make_apply
 from tofu_jax.profiler import profile_model
 
 BUDGETS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
@@ -69,7 +68,6 @@ def main(argv=None):
 
     rows = []
     plans = {}
-    apply = make_apply(ViT(config))
     cache: dict = {}  # schedule -> accuracy: each distinct schedule is evaluated once
     for budget in args.budgets:
         if budget == 0.0:
@@ -85,7 +83,7 @@ def main(argv=None):
                     pl.schedule if name == "tofu_plan" else planner.allocate(config, ops, budget, **opts)
                 )
         res = compare(config, params, schedules, test_x, test_y, batch_size=args.batch_size,
-                      bench_batch=args.bench_batch, bench_runs=args.bench_runs, apply=apply,
+                      bench_batch=args.bench_batch, bench_runs=args.bench_runs,
                       accuracy_cache=cache)  # fmt: skip
         for r in res:
             if budget != 0.0 and r["name"] == "baseline":
@@ -96,9 +94,7 @@ def main(argv=None):
     abl_x, abl_y, abl_cache = test_x, test_y, cache
     if 0 < args.ablation_examples < len(test_x):  # a subset needs its own accuracy cache
         abl_x, abl_y, abl_cache = test_x[: args.ablation_examples], test_y[: args.ablation_examples], {}
-    ablations = (
-        [] if args.skip_ablations else run_ablations(args, config, params, abl_x, abl_y, apply, abl_cache)
-    )
+    ablations = [] if args.skip_ablations else run_ablations(args, config, params, abl_x, abl_y, abl_cache)
     fields = ["budget", "name", "schedule", "top1", "top5", "n", "gflops", "flops_ratio", "final_tokens",
               "images_per_s", "speedup", "ideal_speedup", "compile_s", "bench_batch"]  # fmt: skip
     with open(stem + ".csv", "w", newline="") as fh:
@@ -120,7 +116,7 @@ def main(argv=None):
     print(f"wrote {stem}.csv/.json/.png ({time.time() - t0:.0f}s)")
 
 
-def run_ablations(args, config, params, test_x, test_y, apply, cache):
+def run_ablations(args, config, params, test_x, test_y, cache):
     b, depth = args.ablation_budget, config.depth
     groups = {
         "merge_rule": {
@@ -156,7 +152,7 @@ def run_ablations(args, config, params, test_x, test_y, apply, cache):
         res = compare(
             config, params, {"baseline": None, **schedules}, test_x, test_y,
             batch_size=args.batch_size, bench_batch=args.bench_batch, bench_runs=args.bench_runs,
-            apply=apply, accuracy_cache=cache,
+            accuracy_cache=cache,
         )  # fmt: skip
         print(f"\n== ablation {group} at {b:.0%}\n{format_table(res)}", flush=True)
         base_top1 = res[0]["top1"]

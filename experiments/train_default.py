@@ -32,9 +32,10 @@ from tofu_jax.data import idx
 from tofu_jax.data.batching import batches
 from tofu_jax.data.transforms import augment, resize_nearest_area, to_model_range
 from tofu_jax.evaluate import accuracy
-from tofu_jax.models.vit import ViT, ViTConfig, init_params, make_apply
+from tofu_jax.models.vit import ViT, ViTConfig, init_params
 from tofu_jax.train import (
     OptimConfig,
+    init_opt_state,
     load_train_state,
     make_optimizer,
     make_train_step,
@@ -51,9 +52,9 @@ BASE = ViTConfig(
 def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     model = ViT(config)
     tx = make_optimizer(optim)
-    opt_state = tx.init(params)
-    step_fn = make_train_step(model, tx, optim.label_smoothing)
-    state_path = Path(args.workdir) / f"state_{name}.npz"
+    opt_state = init_opt_state(tx, params)
+    step_fn = make_train_step(model, tx, label_smoothing=optim.label_smoothing)
+    state_path = Path(args.workdir) / f"state_{name}"
     step = 0
     if state_path.exists():
         params, opt_state, step, _ = load_train_state(state_path, params, opt_state)
@@ -200,7 +201,7 @@ def main(argv=None):
 def save_model(out: Path, params, config, test_x, test_y, name: str, description: str, training: dict):
     """Evaluate on the uint8 test images, then write a Google npz plus its card (recipe, command,
     test figures)."""
-    result = accuracy(make_apply(ViT(config)), params, batches(to_model_range(test_x), test_y, 250))
+    result = accuracy(config, params, batches(to_model_range(test_x), test_y, 250))
     print(f"test top-1 {result['top1']:.4f} on {result['n']} images", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     google.save_npz(out, jax.device_get(params))

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from tofu_jax.emulate import Emulator, fidelity
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViT, ViTConfig, init_params, make_apply
-from tofu_jax.schedule import OPS, BlockReduction, Schedule, none
+from tofu_jax.reduction import OPS
+from tofu_jax.schedule import BlockReduction, Schedule, none
 
 _TINY = dict(
     image_size=16, patch_size=2, channels=1, num_classes=5, width=32, depth=3, mlp_dim=64, num_heads=2

@@ -1,9 +1,9 @@
-"""Sharded evaluation / fine-tuning / checkpoints across 1, 2 and 8 forced CPU devices.
+"""Evaluation / fine-tuning / train states on meshes of 1, 2 and 8 forced CPU devices.
 
 The device count is fixed when JAX starts, so each count runs in its own process
 (``tests/parallel_worker.py``, one process per count doing everything and printing JSON): 2 devices
 evaluate, fine-tune 4 steps uninterrupted and checkpoint at step 2; 8 devices (a 4 x 2 data x FSDP
-mesh) and 1 device (unsharded reference paths) evaluate and resume from that checkpoint. The
+mesh) and 1 device (plus a NumPy count of the top-1/top-5) evaluate and resume from that checkpoint. The
 in-process tests cover the pure helpers on the single default device.
 """
 
@@ -60,7 +60,7 @@ def test_evaluation_identical_across_device_counts(runs):
         ref = np.asarray(results[0]["logits"])
         for r in results[1:]:
             np.testing.assert_allclose(np.asarray(r["logits"]), ref, atol=1e-5, rtol=0)
-    reference = out[1]["reference_eval"]  # tofu_jax.evaluate.accuracy, unsharded
+    reference = out[1]["reference_eval"]  # counted in NumPy from the plain program's logits
     assert reference == {k: out[2]["eval"]["merge"][k] for k in ("top1", "top5", "n")}
 
 
@@ -79,7 +79,7 @@ def _key_bias(name: str) -> bool:
 
 
 def test_resumed_training_matches_uninterrupted(runs):
-    """2 devices -> checkpoint -> 8 devices (FSDP) or 1 device (plain train step) == 2 devices throughout.
+    """2 devices -> checkpoint -> 8 devices (FSDP) or 1 device == 2 devices throughout.
 
     Attention key biases have an exactly zero gradient (softmax ignores a per-query constant), so
     what they get is rounding noise that depends on how the batch is split; Adam normalises it into
@@ -141,17 +141,17 @@ def test_initialize_distributed_is_a_no_op_for_one_process(monkeypatch):
     assert par._cluster_detected()
 
 
-def test_restore_accepts_a_train_state_npz(tmp_path):
+def test_train_state_round_trip_on_one_device(tmp_path):
     import jax
 
     from tofu_jax import parallel as par
-    from tofu_jax.train import save_train_state
+    from tofu_jax.train import load_train_state, save_train_state
 
     params = {"w": np.arange(32, dtype=np.float32).reshape(4, 8), "b": np.ones(8, np.float32)}
     opt_state = (np.full((4, 8), 2.0, np.float32), np.zeros((), np.int32))
-    save_train_state(tmp_path / "state.npz", params, opt_state, 7, {"note": "single device"})
+    save_train_state(tmp_path / "state", params, opt_state, 7, {"note": "single device"})
     mesh = par.make_mesh(devices=jax.devices()[:1])
-    p, o, step, meta = par.restore_checkpoint(tmp_path / "state.npz", params, opt_state, mesh)
+    p, o, step, meta = load_train_state(tmp_path / "state", params, opt_state, mesh)
     assert step == 7 and meta == {"note": "single device"}
     np.testing.assert_array_equal(np.asarray(p["w"]), params["w"])
     np.testing.assert_array_equal(np.asarray(o[0]), opt_state[0])

@@ -50,12 +50,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from tofu_jax import merging
+from tofu_jax import merging, reduction
 from tofu_jax.attention import attend
 from tofu_jax.errors import ConfigError, UserError
-from tofu_jax.matching import Matching, bipartite_soft_matching, check_r, max_reduction
-
-REDUCER_OPS = ("none", "prune", "merge_avg", "merge_mlerp")
+from tofu_jax.matching import Matching
 
 
 @struct.dataclass
@@ -127,8 +125,10 @@ class TokenReducer:
     mlerp_norm: str = "max"
 
     def __post_init__(self):
-        if self.op not in REDUCER_OPS:
-            raise UserError(f"unknown op {self.op!r}; TokenReducer supports {', '.join(REDUCER_OPS)}")
+        if self.op not in reduction.RESTORABLE_OPS:
+            raise UserError(
+                f"unknown op {self.op!r}; TokenReducer supports {', '.join(reduction.RESTORABLE_OPS)}"
+            )
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 0:
             raise UserError(f"r must be a non-negative int, got {self.r!r}")
         if self.op == "none" and self.r:
@@ -148,13 +148,14 @@ class TokenReducer:
         return self.op != "none" and self.r > 0
 
     def tokens_after(self, num_tokens: int) -> int:
-        """Token count after this reduction (checks ``r`` against ``num_tokens``)."""
-        if self.active:
-            check_r(self.r, num_tokens, self.protected)
-        return num_tokens - (self.r if self.active else 0)
-
-    def max_r(self, num_tokens: int) -> int:
-        return max_reduction(num_tokens, self.protected)
+        """Token count after this reduction; raises :class:`UserError` if ``r`` is too large."""
+        limit = reduction.limit(self.op, num_tokens, self.protected)
+        if self.r > limit:
+            raise UserError(
+                f"{self.op} can remove at most {limit} of {num_tokens} tokens with {self.protected} "
+                f"protected, got r={self.r}"
+            )
+        return num_tokens - self.r
 
     def __call__(
         self, x: jax.Array, size: jax.Array | None, metric: jax.Array
@@ -171,16 +172,9 @@ class TokenReducer:
             size = jnp.ones(x.shape[:2] + (1,), jnp.float32)
         if not self.active:
             return x, size, ReductionState(None, None, None, n, self.protected)
-        m = bipartite_soft_matching(metric, self.r, protected=self.protected)
-        if self.op == "prune":
-            x, size = merging.prune(x, size, m)
-        elif self.op == "merge_avg":
-            x, size = merging.merge_avg(x, size, m)
-        else:
-            x, size = merging.merge_mlerp(x, size, m, norm=self.mlerp_norm)
+        inputs = reduction.Inputs(metric, None, self.protected, self.mlerp_norm)
+        x, size, _, m = reduction.apply(self.op, x, size, self.r, inputs)
         return x, size, ReductionState(m.unm_idx, m.src_idx, m.dst_idx, n, self.protected)
-
-    reduce = __call__
 
     def apply(
         self,

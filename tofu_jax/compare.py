@@ -15,9 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax.data.batching import batches
-from tofu_jax.evaluate import accuracy
+from tofu_jax.evaluate import accuracy, predict_fn
 from tofu_jax.flops import model_flops
-from tofu_jax.models.vit import ViT, ViTConfig, make_apply
+from tofu_jax.models.vit import ViTConfig
+from tofu_jax.parallel import default_mesh, on_mesh
 from tofu_jax.schedule import Schedule
 
 
@@ -64,21 +65,23 @@ def compare(
     bench_batch: int | None = None,
     bench_runs: int = 5,
     progress: Callable[[str, int], None] | None = None,
-    apply: Callable | None = None,
     accuracy_cache: dict | None = None,
+    mesh=None,
 ) -> list[dict]:
     """One row per schedule; the first schedule is the reference for speedups.
 
     Each schedule compiles once: its first evaluation batch is timed (compile + one run), and the
-    timing batch defaults to ``batch_size`` so the same program is reused. ``apply`` (from
-    :func:`make_apply`) and ``accuracy_cache`` (schedule -> accuracy dict) let repeated calls on the
-    same model and images skip recompiling and re-evaluating a schedule.
+    timing batch defaults to ``batch_size`` so the same program is reused; everything runs on ``mesh``
+    (default: every device). ``accuracy_cache`` (schedule -> accuracy dict) lets repeated calls on
+    the same model and images skip re-evaluating a schedule; compiled programs are reused anyway.
 
     ``images``: ``[N, H, W, C]`` with ``labels [N]``, or a
     :class:`~tofu_jax.data.batching.StreamedImages` with ``labels=None``, decoded batch by batch for each
     schedule (a split too large for memory).
     """
-    apply = apply if apply is not None else make_apply(ViT(config))
+    mesh = mesh or default_mesh()
+    params = on_mesh(params, mesh)
+    apply = predict_fn(config, mesh)
     bench_batch = bench_batch or batch_size
     base_flops = model_flops(config).total
     if labels is None:
@@ -100,10 +103,11 @@ def compare(
                 progress(name, acc["n"])
         else:
             acc = accuracy(
-                apply,
+                config,
                 params,
                 eval_batches(),
                 s,
+                mesh=mesh,
                 progress=(lambda n, name=name: progress(name, n)) if progress else None,
             )
             if accuracy_cache is not None:

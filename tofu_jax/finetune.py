@@ -1,5 +1,6 @@
 """Fine-tune a ViT with a token-reduction schedule active (ToMe: training with merging recovers
-accuracy), with augmentation, warm-up + cosine learning rate, and resumable ``.npz`` checkpoints."""
+accuracy), with augmentation, warm-up + cosine learning rate, on a mesh, resumable from Orbax train
+states."""
 
 from __future__ import annotations
 
@@ -12,13 +13,22 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from tofu_jax.data.transforms import augment
 from tofu_jax.errors import UserError
 from tofu_jax.evaluate import check_images
 from tofu_jax.models.vit import ViT, ViTConfig
+from tofu_jax.parallel import default_mesh, shard_batch
 from tofu_jax.schedule import Schedule
-from tofu_jax.train import OptimConfig, load_train_state, make_optimizer, make_train_step, save_train_state
+from tofu_jax.train import (
+    OptimConfig,
+    init_opt_state,
+    load_train_state,
+    make_optimizer,
+    make_train_step,
+    save_train_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,13 +77,22 @@ def finetune(
     *,
     workdir: str | Path | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    mesh: Mesh | None = None,
 ):
     """Train ``params`` for ``ft.steps`` steps with ``schedule`` active; returns ``(params, log)``.
 
     Args:
       images: ``[N, H, W, C]`` float32 in [-1, 1] from the training split.  labels: ``[N]`` int.
-      workdir: where ``finetune_state.npz`` is written every ``ckpt_every`` steps and resumed from.
+      workdir: where the train state (``finetune_state/``, Orbax) is written every ``ckpt_every`` steps
+        and resumed from.
+      mesh: devices to train on (default: every device, data-parallel); the batch is split over them.
     """
+    mesh = mesh or default_mesh()
+    if ft.batch_size % mesh.size:
+        raise UserError(
+            f"batch size {ft.batch_size} does not split over {mesh.size} devices; pass a multiple of "
+            f"{mesh.size}"
+        )
     if len(images) < ft.batch_size:
         raise UserError(f"need at least batch_size={ft.batch_size} training images, got {len(images)}")
     check_images(images, "training images")
@@ -97,12 +116,12 @@ def finetune(
     )
     tx = make_optimizer(optim)
     params = jax.tree_util.tree_map(jnp.array, params)  # the step donates its inputs: keep the caller's
-    opt_state = tx.init(params)
-    step_fn = make_train_step(ViT(config), tx, ft.label_smoothing)
-    state_path = Path(workdir) / "finetune_state.npz" if workdir else None
+    opt_state = init_opt_state(tx, params, mesh)
+    step_fn = make_train_step(ViT(config), tx, mesh, ft.label_smoothing)
+    state_path = Path(workdir) / "finetune_state" if workdir else None
     step = 0
     if state_path is not None and state_path.exists():
-        params, opt_state, step, meta = load_train_state(state_path, params, opt_state)
+        params, opt_state, step, meta = load_train_state(state_path, params, opt_state, mesh)
         if meta.get("schedule") != (schedule.to_dict() if schedule else None):
             raise UserError(f"{state_path} was written for another schedule; use a fresh --out-dir")
     meta = {"schedule": schedule.to_dict() if schedule else None, "finetune": dataclasses.asdict(ft)}
@@ -114,14 +133,8 @@ def finetune(
         rng = np.random.default_rng([ft.seed, step])
         sel = rng.choice(len(images), ft.batch_size, replace=False)
         x = augment(images[sel], rng, pad=ft.augment_pad)
-        params, opt_state, metrics = step_fn(
-            params,
-            opt_state,
-            jnp.asarray(x),
-            jnp.asarray(labels[sel]),
-            jax.random.fold_in(key, step),
-            schedule,
-        )
+        x, y, _ = shard_batch(x, labels[sel], None, mesh)
+        params, opt_state, metrics = step_fn(params, opt_state, x, y, jax.random.fold_in(key, step), schedule)
         step += 1
         m = {k: float(v) for k, v in metrics.items()} | {"step": step, "elapsed_s": time.time() - t0}
         log.append(m)

@@ -17,7 +17,8 @@ import dataclasses
 import numpy as np
 
 from tofu_jax.models.vit import ViTConfig
-from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, MATCHING_OPS, Schedule
+from tofu_jax.reduction import REDUCTIONS
+from tofu_jax.schedule import Schedule
 from tofu_jax.schedule import none as no_reduction
 
 
@@ -43,11 +44,7 @@ def block_flops(n_in, n_out, config: ViTConfig, op: str = "none", metric: str = 
     n_in, n_out = np.asarray(n_in, np.int64), np.asarray(n_out, np.int64)
     macs = 4 * n_in * d * d + 2 * n_in * n_in * d + 2 * n_out * d * m
     c = config.head_dim if metric == "keys" else d
-    if op in MATCHING_OPS:
-        macs = macs + np.where(n_out < n_in, ((n_in + 1) // 2) * (n_in // 2) * c, 0)
-    elif op in IMPORTANCE_MERGE_OPS:  # sources x kept tokens similarity
-        macs = macs + np.where(n_out < n_in, (n_in - n_out) * n_out * c, 0)
-    flops = 2.0 * macs
+    flops = 2.0 * (macs + REDUCTIONS[op].selection_macs(n_in, n_out, c))
     return flops if flops.ndim else float(flops)
 
 

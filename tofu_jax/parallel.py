@@ -1,24 +1,20 @@
-"""Data-parallel (and optionally FSDP) evaluation and fine-tuning on JAX's own distributed runtime.
+"""Meshes and shardings: the one execution layout of evaluation, profiling and training.
 
-Everything here is ``jax.jit`` over a :class:`jax.sharding.Mesh` with explicit ``in_shardings`` /
-``out_shardings`` (no ``pmap``), so one program runs unchanged on one CPU, eight GPUs in one host, or a
-TPU pod with one process per host:
+Everything runs as ``jax.jit`` over a :class:`jax.sharding.Mesh` with explicit shardings (no
+``pmap``), so one program runs unchanged on one CPU, eight GPUs in one host, or a TPU pod with one
+process per host:
 
 * :func:`initialize_distributed` starts ``jax.distributed`` when the environment is multi-process;
-* :func:`make_mesh` lays all devices out on a ``("data", "fsdp")`` mesh;
+* :func:`make_mesh` lays the devices out on a ``("data", "fsdp")`` mesh; :func:`default_mesh` is every
+  device, data-parallel (a mesh of one device on a one-device machine);
 * the batch is split over both axes (:func:`batch_sharding`); parameters and optimizer state are
   replicated, or with ``fsdp > 1`` each large >=2-D leaf has its largest divisible axis split over
   ``"fsdp"`` (:func:`tree_shardings`);
 * :func:`shard_batch` turns each process's rows into global arrays, padding them to a multiple of the
-  device count with masked-out rows; :func:`evaluate_accuracy` sums the masked counts inside the
-  jitted program, so no example is dropped or counted twice;
-* :func:`init_opt_state` builds the optimizer state on the mesh; :func:`make_sharded_train_step` is
-  :func:`tofu_jax.train.make_train_step` with shardings;
-* :func:`save_checkpoint` / :func:`restore_checkpoint` (Orbax) restore onto any mesh, e.g. a run saved
-  on 2 devices resumes on 8 with FSDP.
+  device count with masked-out rows.
 
-The reduction :class:`~tofu_jax.schedule.Schedule` stays a static argument: one compiled program per
-(schedule, global batch shape).
+:func:`tofu_jax.evaluate.accuracy`, :func:`tofu_jax.train.make_train_step` and the Orbax train state of
+:mod:`tofu_jax.train` build on these.
 """
 
 from __future__ import annotations
@@ -26,22 +22,14 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tofu_jax.errors import NonFiniteError, UserError
-from tofu_jax.evaluate import check_images
-from tofu_jax.models.vit import ViT, ViTConfig
-from tofu_jax.schedule import Schedule
-from tofu_jax.train import train_step_fn
+from tofu_jax.errors import UserError
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
@@ -129,7 +117,8 @@ def make_mesh(fsdp: int = 1, devices: list | None = None) -> Mesh:
 
 
 @functools.lru_cache(maxsize=1)
-def _default_mesh() -> Mesh:
+def default_mesh() -> Mesh:
+    """Every device, data-parallel: what evaluation, profiling and training run on unless told."""
     return make_mesh()
 
 
@@ -183,17 +172,7 @@ def shard_tree(tree: Any, mesh: Mesh, *, min_size: int = FSDP_MIN_SIZE) -> Any:
     return place(tree, tree_shardings(tree, mesh, min_size=min_size))
 
 
-def init_opt_state(
-    tx: optax.GradientTransformation, params, mesh: Mesh | None = None, *, min_size: int = FSDP_MIN_SIZE
-) -> Any:
-    """``tx.init(params)`` computed on the mesh, each leaf laid out by :func:`tree_shardings`."""
-    mesh = mesh or _default_mesh()
-    params = _on_mesh(params, mesh, min_size)
-    shardings = tree_shardings(jax.eval_shape(tx.init, params), mesh, min_size=min_size)
-    return jax.jit(tx.init, out_shardings=shardings)(params)
-
-
-def _on_mesh(tree: Any, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> Any:
+def on_mesh(tree: Any, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> Any:
     """``tree`` as it is when every leaf already lives on ``mesh``; else placed by :func:`shard_tree`."""
     leaves = jax.tree.leaves(tree)
     if all(
@@ -204,11 +183,11 @@ def _on_mesh(tree: Any, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> Any:
     return shard_tree(tree, mesh, min_size=min_size)
 
 
-def _shardings_of(tree: Any) -> Any:
+def shardings_of(tree: Any) -> Any:
     return jax.tree.map(lambda x: x.sharding, tree)
 
 
-def _cache_key(tree: Any) -> tuple:
+def cache_key(tree: Any) -> tuple:
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple(x.sharding for x in leaves)
 
@@ -249,7 +228,7 @@ def shard_batch(
       Global arrays of ``process_count * b'`` rows, ``b'`` = ``b`` rounded up to a multiple of the
       local device count; the added rows are zeros with ``mask == False``.
     """
-    mesh = mesh or _default_mesh()
+    mesh = mesh or default_mesh()
     images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
     b = len(images)
     if valid_mask is None:
@@ -269,230 +248,9 @@ def shard_batch(
     return tuple(jax.make_array_from_process_local_data(sharding, x) for x in (images, labels, mask))
 
 
-# --------------------------------------------------------------------------------------------------
-# Evaluation
-# --------------------------------------------------------------------------------------------------
-
-_EVAL_CACHE: dict = {}
-
-
-def _eval_fn(config: ViTConfig, mesh: Mesh, params) -> Callable:
-    """``f(params, images, labels, mask, schedule=) -> (logits, [top1, top5, n, nonfinite])`` jitted."""
-    key = (config, mesh, *_cache_key(params))
-    if key not in _EVAL_CACHE:
-        model = ViT(config)
-        bs, rep = batch_sharding(mesh), replicated(mesh)
-        k = min(5, config.num_classes)
-
-        @functools.partial(
-            jax.jit,
-            static_argnums=(4,),
-            in_shardings=(_shardings_of(params), bs, bs, bs),
-            out_shardings=(bs, rep),
-        )
-        def f(params, images, labels, mask, schedule: Schedule | None = None):
-            logits = model.apply({"params": params}, images, schedule)
-            top = jax.lax.top_k(logits, k)[1]
-            m = mask.astype(jnp.int32)
-            counts = jnp.stack(
-                [
-                    jnp.sum((top[:, 0] == labels) * m),
-                    jnp.sum(jnp.any(top == labels[:, None], axis=-1) * m),
-                    jnp.sum(m),
-                    jnp.sum(~jnp.all(jnp.isfinite(logits), axis=-1) * m),
-                ]
-            )
-            return logits, counts
-
-        _EVAL_CACHE[key] = f
-    return _EVAL_CACHE[key]
-
-
-def evaluate_accuracy(
-    config: ViTConfig,
-    params,
-    batches: Iterable[tuple[np.ndarray, np.ndarray, Any]],
-    schedule: Schedule | None = None,
-    mesh: Mesh | None = None,
-    *,
-    progress: Callable[[int], None] | None = None,
-    return_logits: bool = False,
-) -> dict:
-    """Top-1/top-5 over ``(images, labels, valid)`` batches, sharded over ``mesh``.
-
-    Same result as :func:`tofu_jax.evaluate.accuracy`. Each process passes its own batches (all
-    processes the same number of them); ``valid`` is an int or a bool mask. Batches are padded to a
-    multiple of the device count and the padding masked out; the counts are summed over devices inside
-    the jitted program, so every example counts exactly once. ``params`` not already on ``mesh`` are
-    placed there (replicated, or FSDP on an ``fsdp > 1`` mesh). ``return_logits`` adds ``"logits"``:
-    this process's real rows, in order.
-    """
-    mesh = mesh or _default_mesh()
-    params = _on_mesh(params, mesh)
-    f = _eval_fn(config, mesh, params)
-    totals = np.zeros(4, np.int64)
-    kept = []
-    for index, (images, labels, valid) in enumerate(batches):
-        check_images(images, f"batch {index}")
-        x, y, m = shard_batch(images, labels, valid, mesh)
-        logits, counts = f(params, x, y, m, schedule)
-        counts = np.asarray(counts)
-        if return_logits:
-            kept.append(_local_rows(logits)[_local_rows(m)])
-        totals += counts
-        if progress:
-            progress(int(counts[2]))
-    top1, top5, n, bad = (int(v) for v in totals)
-    if bad:
-        name = schedule.describe() if schedule is not None else "none"
-        raise NonFiniteError(f"the model produced NaN/Inf logits for {bad} examples with schedule {name}")
-    if n == 0:
-        raise UserError("no examples to evaluate")
-    out = {"top1": top1 / n, "top5": top5 / n, "n": n}
-    if return_logits:
-        out["logits"] = np.concatenate(kept) if kept else np.zeros((0, config.num_classes), np.float32)
-    return out
-
-
-def _local_rows(x: jax.Array) -> np.ndarray:
+def local_rows(x: jax.Array) -> np.ndarray:
     """This process's rows of a batch-sharded global array, in global order."""
     if x.is_fully_addressable:
         return np.asarray(x)
     shards = {s.index[0].start or 0: s.data for s in x.addressable_shards}  # replicas share a start
     return np.concatenate([np.asarray(shards[k]) for k in sorted(shards)])
-
-
-def sharded_logits(
-    config: ViTConfig,
-    params,
-    images: np.ndarray,
-    schedule: Schedule | None = None,
-    mesh: Mesh | None = None,
-) -> np.ndarray:
-    """Logits ``[b, classes]`` of this process's ``images``, computed sharded over ``mesh``."""
-    mesh = mesh or _default_mesh()
-    params = _on_mesh(params, mesh)
-    x, y, m = shard_batch(images, np.zeros(len(images), np.int32), None, mesh)
-    logits, _ = _eval_fn(config, mesh, params)(params, x, y, m, schedule)
-    return _local_rows(logits)[: len(images)]
-
-
-# --------------------------------------------------------------------------------------------------
-# Fine-tuning
-# --------------------------------------------------------------------------------------------------
-
-
-def make_sharded_train_step(
-    model: ViT, tx: optax.GradientTransformation, mesh: Mesh, label_smoothing: float = 0.0
-) -> Callable:
-    """``step(params, opt_state, images, labels, rng, schedule=None) -> (params, opt_state, metrics)``.
-
-    The math of :func:`tofu_jax.train.make_train_step` (mean loss over the global batch), jitted with
-    ``in_shardings``/``out_shardings``: the batch split over the mesh, parameters and optimizer state
-    keeping the layout they arrive with (:func:`shard_tree` / :func:`restore_checkpoint`; unplaced
-    trees are placed with the default layout), metrics replicated. ``images``/``labels`` are global
-    arrays from :func:`shard_batch` (its mask is not used: train on full batches) or, single-process,
-    host arrays whose batch divides the device count. Params and optimizer state are donated.
-    """
-    cache: dict = {}
-    bs, rep = batch_sharding(mesh), replicated(mesh)
-    train_math = train_step_fn(model, tx, label_smoothing)
-
-    def build(params, opt_state):
-        ps, os_ = _shardings_of(params), _shardings_of(opt_state)
-
-        @functools.partial(
-            jax.jit,
-            static_argnums=(5,),
-            in_shardings=(ps, os_, bs, bs, rep),
-            out_shardings=(ps, os_, rep),
-            donate_argnums=(0, 1),
-        )
-        def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
-            return train_math(params, opt_state, images, labels, rng, schedule)
-
-        return step
-
-    def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
-        params, opt_state = _on_mesh(params, mesh), _on_mesh(opt_state, mesh)
-        key = (_cache_key(params), _cache_key(opt_state))
-        if key not in cache:
-            cache[key] = build(params, opt_state)
-        return cache[key](params, opt_state, images, labels, rng, schedule)
-
-    return step
-
-
-# --------------------------------------------------------------------------------------------------
-# Checkpoints that survive a change of device count
-# --------------------------------------------------------------------------------------------------
-
-
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
-
-
-def _abs_path(path: str | Path) -> str:
-    path = str(path)
-    return path if "://" in path else str(Path(path).absolute())
-
-
-def save_checkpoint(path: str | Path, params, opt_state, step: int, meta: dict | None = None) -> None:
-    """Save sharded ``params``/``opt_state``/``step`` (+ JSON ``meta``) as an Orbax checkpoint.
-
-    Every process calls it (each writes its own shards); ``path`` is a directory, local or ``gs://``,
-    on storage all processes share; an existing checkpoint there is replaced. The layout on disk
-    does not depend on the mesh: :func:`restore_checkpoint` reshards onto any other one.
-    """
-    ocp = _ocp()
-    state = {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int32)}
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(
-            _abs_path(path),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
-            force=True,
-        )
-
-
-def restore_checkpoint(
-    path: str | Path,
-    params_like,
-    opt_state_like,
-    mesh: Mesh | None = None,
-    *,
-    min_size: int = FSDP_MIN_SIZE,
-) -> tuple[Any, Any, int, dict]:
-    """``(params, opt_state, step, meta)`` from :func:`save_checkpoint`, laid out on ``mesh``.
-
-    ``params_like``/``opt_state_like`` give the tree structure, shapes and dtypes (arrays or
-    ``jax.eval_shape`` output). The restored leaves get :func:`tree_shardings` of ``mesh`` (FSDP when
-    the mesh has an ``fsdp`` axis > 1), whatever mesh saved them. A ``.npz`` written by
-    :func:`tofu_jax.train.save_train_state` is accepted too (read whole on every process).
-    """
-    mesh = mesh or _default_mesh()
-    if str(path).endswith(".npz"):
-        from tofu_jax.train import load_train_state
-
-        params, opt_state, step, meta = load_train_state(path, params_like, opt_state_like)
-        return (
-            shard_tree(params, mesh, min_size=min_size),
-            shard_tree(opt_state, mesh, min_size=min_size),
-            step,
-            meta,
-        )
-    ocp = _ocp()
-    like = {"params": params_like, "opt_state": opt_state_like, "step": np.zeros((), np.int32)}
-    shardings = tree_shardings(like, mesh, min_size=min_size)
-    target = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), like, shardings
-    )
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        out = ckptr.restore(
-            _abs_path(path),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
-        )
-    state = out["state"]
-    meta = out["meta"] if out["meta"] is not None else {}
-    return state["params"], state["opt_state"], int(gather(state["step"])), dict(meta)

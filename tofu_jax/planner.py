@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from tofu_jax import reduction
 from tofu_jax.errors import UserError
 from tofu_jax.flops import model_flops
 from tofu_jax.matching import max_reduction
 from tofu_jax.models.vit import ViTConfig
 from tofu_jax.profiler import PROFILE_METRICS, Profile
-from tofu_jax.schedule import BlockReduction, Schedule, max_removal
+from tofu_jax.schedule import BlockReduction, Schedule
 
 MODES = ("fidelity", "per_block", "split")
 SELECTIONS = ("redundancy", "importance")
@@ -128,7 +129,7 @@ def _fill(config: ViTConfig, ops: Sequence[str], rs: Sequence[int], **options) -
     n, protected = config.num_tokens, config.num_prefix
     blocks = []
     for op, r in zip(ops, rs, strict=True):
-        r = min(int(r), max_removal(op, n, protected))
+        r = min(int(r), reduction.limit(op, n, protected))
         blocks.append(BlockReduction(op if r else "none", r))
         n -= r
     return Schedule(tuple(blocks), **options)
@@ -274,7 +275,7 @@ def _schedule(ops: Sequence[str], rs: Sequence[int], options: dict) -> Schedule:
 def _valid(config: ViTConfig, ops, rs) -> bool:
     n = config.num_tokens
     for op, r in zip(ops, rs, strict=True):
-        if r < 0 or r > max_removal(op, n, config.num_prefix):
+        if r < 0 or r > reduction.limit(op, n, config.num_prefix):
             return False
         n -= r
     return True
@@ -291,9 +292,9 @@ class _DynamicProgram:
         self.config, self.ops = config, list(ops)
         n0, protected = config.num_tokens, config.num_prefix
         self.sizes = sizes = np.arange(n0 + 1)
-        self.max_r = max_reduction(n0, protected)
+        self.max_r = max_reduction(n0, protected)  # per-block r up to the bipartite limit, for every op
         self.keep_flops = block_flops(sizes, sizes, config)
-        limits = {op: np.array([max_removal(op, int(n), protected) for n in sizes]) for op in self.ops}
+        limits = {op: np.array([reduction.limit(op, int(n), protected) for n in sizes]) for op in self.ops}
         flops = {
             op: [block_flops(sizes[r:], sizes[r:] - r, config, op, metric) for r in range(1, self.max_r + 1)]
             for op in self.ops
@@ -401,7 +402,7 @@ def _probe(emulator, reference, config, solver: SolverConfig, options, progress)
     for block in range(config.depth):
         for k, op in enumerate(solver.ops):
             for j, frac in enumerate(solver.fractions):
-                r = min(max_removal(op, n0, protected), max(1, round(frac * (n0 - protected))))
+                r = min(reduction.limit(op, n0, protected), max(1, round(frac * (n0 - protected))))
                 rs = [0] * config.depth
                 rs[block] = r
                 table[block, k, j] = fidelity(

@@ -12,29 +12,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from tofu_jax import reduction
 from tofu_jax.errors import UserError
-from tofu_jax.matching import max_reduction
-from tofu_jax.merging import max_importance_reduction
+from tofu_jax.reduction import OPS
 
-OPS: tuple[str, ...] = (
-    "none", "prune", "merge_avg", "merge_mlerp", "prune_importance", "merge_importance_mlerp",
-    "merge_importance_avg",
-)  # fmt: skip
-MATCHING_OPS = ("prune", "merge_avg", "merge_mlerp")
-# Importance-guided ops (tokens chosen by CLS attention / key norm): r <= N - protected - 1.
-IMPORTANCE_OPS = ("prune_importance", "merge_importance_mlerp", "merge_importance_avg")
-IMPORTANCE_MERGE_OPS = ("merge_importance_mlerp", "merge_importance_avg")
 SCHEDULE_VERSION = 1
-
-
-def max_removal(op: str, num_tokens: int, protected: int) -> int:
-    """Most tokens ``op`` can remove from ``num_tokens`` with ``protected`` prefix tokens: half of the
-    unprotected ones for bipartite matching, all but one for importance selection, none for ``none``."""
-    if op in MATCHING_OPS:
-        return max_reduction(num_tokens, protected)
-    if op in IMPORTANCE_OPS:
-        return max_importance_reduction(num_tokens, protected)
-    return 0
 
 
 class ScheduleError(UserError):
@@ -118,7 +100,7 @@ class Schedule:
         counts = [num_tokens]
         n = num_tokens
         for i, b in enumerate(self.blocks):
-            limit = max_removal(b.op, n, protected)
+            limit = reduction.limit(b.op, n, protected)
             if b.r > limit:
                 raise ScheduleError(
                     f"block {i} ({b.op}) asks to remove r={b.r} tokens but has {n} tokens "
@@ -281,7 +263,7 @@ def tome_clamped(
     large ``r`` (ViT-B/16 with r = 16) shrinks in the last blocks instead of being refused."""
     rs, n = [], num_tokens
     for want in tome_r(depth, r, inflect):
-        rs.append(min(want, max_reduction(n, protected)))
+        rs.append(min(want, reduction.limit(op, n, protected)))
         n -= rs[-1]
     return from_list([op] * depth, rs, **options)
 

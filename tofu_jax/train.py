@@ -1,13 +1,17 @@
-"""Training and fine-tuning with optax; resumable ``.npz`` train states (no pickle).
+"""Training on a mesh with optax: one train step and one train-state format (Orbax).
 
-The schedule is static in the train step, so fine-tuning *with* token reduction active (as ToMe
-observed, it recovers accuracy) compiles one program per schedule like evaluation does.
+The schedule is static in the train step, so fine-tuning *with* token reduction active (which
+recovers accuracy, as ToMe observed) compiles one program per schedule, like evaluation. The step and
+the optimizer state run on the mesh of :mod:`tofu_jax.parallel` (every device by default; FSDP when
+the mesh has an ``fsdp`` axis > 1). Train states are Orbax checkpoints that restore onto any mesh, e.g.
+a run saved on 2 devices resumes on 8 with FSDP; Google ``.npz`` stays the model import/export format.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +19,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
-from tofu_jax.checkpoints.common import (
-    CheckpointError,
-    flat_arrays_to_tree,
-    npz_load,
-    npz_save,
-    tree_to_flat_arrays,
-)
+from tofu_jax.checkpoints.common import CheckpointError
 from tofu_jax.models.vit import ViT
+from tofu_jax.parallel import (
+    FSDP_MIN_SIZE,
+    batch_sharding,
+    cache_key,
+    default_mesh,
+    gather,
+    on_mesh,
+    replicated,
+    shardings_of,
+    tree_shardings,
+)
 from tofu_jax.schedule import Schedule
 
 
@@ -61,10 +71,7 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     )
 
 
-def train_step_fn(model: ViT, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
-    """The un-jitted step ``(params, opt_state, images, labels, rng, schedule) -> (params, opt_state,
-    metrics)``: cross-entropy with label smoothing, one optax update. Jit it with the shardings you
-    need (:func:`make_train_step` for one device, ``parallel.make_sharded_train_step`` for a mesh)."""
+def _train_math(model: ViT, tx: optax.GradientTransformation, label_smoothing: float):
 
     def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
         def loss_fn(p):
@@ -82,43 +89,124 @@ def train_step_fn(model: ViT, tx: optax.GradientTransformation, label_smoothing:
     return step
 
 
-def make_train_step(model: ViT, tx: optax.GradientTransformation, label_smoothing: float = 0.0):
-    """``step(params, opt_state, images, labels, rng, schedule) -> (params, opt_state, metrics)``, jitted
-    with the schedule static and params / optimizer state donated."""
-    step = train_step_fn(model, tx, label_smoothing)
-    return jax.jit(step, static_argnames=("schedule",), donate_argnums=(0, 1))
+def init_opt_state(
+    tx: optax.GradientTransformation, params, mesh: Mesh | None = None, *, min_size: int = FSDP_MIN_SIZE
+) -> Any:
+    """``tx.init(params)`` computed on the mesh, each leaf laid out by :func:`tree_shardings`."""
+    mesh = mesh or default_mesh()
+    params = on_mesh(params, mesh, min_size)
+    shardings = tree_shardings(jax.eval_shape(tx.init, params), mesh, min_size=min_size)
+    return jax.jit(tx.init, out_shardings=shardings)(params)
 
 
-def save_train_state(path: str | Path, params, opt_state, step: int, meta: dict[str, Any]) -> None:
-    """Params, optimizer state and step in one ``.npz``; ``meta`` stored as JSON text."""
-    flat = {"params" + k: v for k, v in tree_to_flat_arrays(params).items()}
-    flat.update({"opt" + k: v for k, v in tree_to_flat_arrays(opt_state).items()})
-    flat["__step__"] = np.asarray(step, np.int64)
-    flat["__meta__"] = np.asarray(json.dumps(meta))
-    npz_save(path, flat)
+def make_train_step(
+    model: ViT, tx: optax.GradientTransformation, mesh: Mesh | None = None, label_smoothing: float = 0.0
+) -> Callable:
+    """``step(params, opt_state, images, labels, rng, schedule=None) -> (params, opt_state, metrics)``.
 
+    Cross-entropy with label smoothing over the global batch and one optax update, jitted with the
+    schedule static and explicit shardings on ``mesh`` (default: every device): the batch split over
+    the mesh, parameters and optimizer state keeping the layout they arrive with
+    (:func:`tofu_jax.parallel.shard_tree` / :func:`load_train_state`; unplaced trees are placed with
+    the default layout), metrics replicated. ``images``/``labels`` are global
+    arrays from :func:`shard_batch` (its mask is not used: train on full batches) or, single-process,
+    host arrays whose batch divides the device count. Params and optimizer state are donated.
+    """
+    mesh = mesh or default_mesh()
+    cache: dict = {}
+    bs, rep = batch_sharding(mesh), replicated(mesh)
+    train_math = _train_math(model, tx, label_smoothing)
 
-def load_train_state(path: str | Path, params_like, opt_state_like):
-    """Inverse of :func:`save_train_state`: ``(params, opt_state, step, meta)``."""
-    flat = npz_load(path)
-    try:
-        step, meta = int(flat["__step__"]), json.loads(str(flat["__meta__"]))
-        if not isinstance(meta, dict):
-            raise TypeError("__meta__ is not an object")
-    except (KeyError, ValueError, TypeError):  # json.JSONDecodeError is a ValueError
-        raise CheckpointError(
-            f"{path} is not a tofu_jax train state (no readable __step__/__meta__); delete it or use "
-            "another output directory"
-        ) from None
-    try:
-        params = flat_arrays_to_tree(
-            {k[6:]: v for k, v in flat.items() if k.startswith("params")}, params_like
+    def build(params, opt_state):
+        ps, os_ = shardings_of(params), shardings_of(opt_state)
+
+        @functools.partial(
+            jax.jit,
+            static_argnums=(5,),
+            in_shardings=(ps, os_, bs, bs, rep),
+            out_shardings=(ps, os_, rep),
+            donate_argnums=(0, 1),
         )
-        opt = flat_arrays_to_tree({k[3:]: v for k, v in flat.items() if k.startswith("opt")}, opt_state_like)
-    except CheckpointError as e:
-        detail = str(e)[:300]
+        def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
+            return train_math(params, opt_state, images, labels, rng, schedule)
+
+        return step
+
+    def step(params, opt_state, images, labels, rng, schedule: Schedule | None = None):
+        params, opt_state = on_mesh(params, mesh), on_mesh(opt_state, mesh)
+        key = (cache_key(params), cache_key(opt_state))
+        if key not in cache:
+            cache[key] = build(params, opt_state)
+        return cache[key](params, opt_state, images, labels, rng, schedule)
+
+    return step
+
+
+def _ocp():
+    import orbax.checkpoint as ocp
+
+    return ocp
+
+
+def _abs_path(path: str | Path) -> str:
+    path = str(path)
+    return path if "://" in path else str(Path(path).absolute())
+
+
+def save_train_state(path: str | Path, params, opt_state, step: int, meta: dict | None = None) -> None:
+    """Save sharded ``params``/``opt_state``/``step`` (+ JSON ``meta``) as an Orbax checkpoint.
+
+    Every process calls it (each writes its own shards); ``path`` is a directory, local or ``gs://``,
+    on storage all processes share; an existing checkpoint there is replaced. The layout on disk
+    does not depend on the mesh: :func:`load_train_state` reshards onto any other one.
+    """
+    ocp = _ocp()
+    state = {"params": params, "opt_state": opt_state, "step": np.asarray(step, np.int32)}
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(
+            _abs_path(path),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {})),
+            force=True,
+        )
+
+
+def load_train_state(
+    path: str | Path,
+    params_like,
+    opt_state_like,
+    mesh: Mesh | None = None,
+    *,
+    min_size: int = FSDP_MIN_SIZE,
+) -> tuple[Any, Any, int, dict]:
+    """``(params, opt_state, step, meta)`` from :func:`save_train_state`, laid out on ``mesh``.
+
+    ``params_like``/``opt_state_like`` give the tree structure, shapes and dtypes (arrays or
+    ``jax.eval_shape`` output). The restored leaves get :func:`tree_shardings` of ``mesh`` (FSDP when
+    the mesh has an ``fsdp`` axis > 1), whatever mesh saved them.
+    """
+    mesh = mesh or default_mesh()
+    ocp = _ocp()
+    like = {"params": params_like, "opt_state": opt_state_like, "step": np.zeros((), np.int32)}
+    shardings = tree_shardings(like, mesh, min_size=min_size)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), like, shardings
+    )
+    if not (Path(path) / "state").is_dir() and "://" not in str(path):
         raise CheckpointError(
-            f"train state {path} belongs to another model or optimizer ({detail}...); resume with the same "
-            "model and settings, or use another output directory"
+            f"{path} is not a tofu_jax train state (no Orbax 'state' item); delete it or use another "
+            "output directory"
+        )
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            out = ckptr.restore(
+                _abs_path(path),
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()),
+            )
+    except (ValueError, KeyError, TypeError) as e:  # Orbax: tree structure or shapes do not match
+        raise CheckpointError(
+            f"train state {path} belongs to another model or optimizer ({str(e)[:300]}); resume with the "
+            "same model and settings, or use another output directory"
         ) from None
-    return params, opt, step, meta
+    state = out["state"]
+    meta = out["meta"] if out["meta"] is not None else {}
+    return state["params"], state["opt_state"], int(gather(state["step"])), dict(meta)

@@ -56,26 +56,20 @@ def test_host_side_image_checks(fill, needle):
 
 
 def test_accuracy_refuses_raw_pixels_before_running(model):
-    apply, params = model
+    _, params = model
     images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1)).astype(np.float32)
     with pytest.raises(InputError, match="batch 0"):
-        accuracy(apply, params, batches(images, np.zeros(4, int), 4))
+        accuracy(CONFIG, params, batches(images, np.zeros(4, int), 4))
 
 
-def test_nan_logits_name_the_schedule_and_batch(model):
-    jitted, params = model
+def test_nan_logits_name_the_schedule(model):
+    _, params = model
+    broken = jax.tree_util.tree_map(lambda x: x, params)
+    broken["head"] = {**params["head"], "bias": params["head"]["bias"] * np.nan}  # as a broken checkpoint
     sched = from_list(["merge_mlerp"] * 3, [2, 2, 2])
-    calls = []
-
-    def apply(p, x, s):  # finite on batch 0, NaN from batch 1 on (as a broken checkpoint would give)
-        calls.append(s)
-        logits = jitted(p, x, s)
-        return logits * np.nan if len(calls) > 1 else logits
-
     images = np.zeros((4, 28, 28, 1), np.float32)
-    two_batches = [(images, np.zeros(4, int), 4)] * 2
-    with pytest.raises(NonFiniteError, match=r"batch 1 with schedule merge_mlerp:2x3"):
-        accuracy(apply, params, two_batches, sched)
+    with pytest.raises(NonFiniteError, match=r"4 examples with schedule merge_mlerp:2x3"):
+        accuracy(CONFIG, broken, [(images, np.zeros(4, int), 4)], sched)
     assert issubclass(NonFiniteError, FloatingPointError)
 
 
@@ -188,12 +182,8 @@ def test_calibration_and_training_inputs_are_checked(model):
 
 def test_environment_and_saved_files(tmp_path, monkeypatch):
     from tofu_jax import attention, compile_cache
-    from tofu_jax.importance import SaliencyProfile
     from tofu_jax.parallel import initialize_distributed
 
-    (tmp_path / "saliency.json").write_text('{"blocks": [{"block": "x"}]}')
-    with pytest.raises(UserError, match="not a saliency profile"):
-        SaliencyProfile.load(tmp_path / "saliency.json")
     monkeypatch.setenv("JAX_NUM_PROCESSES", "two")
     with pytest.raises(UserError, match="JAX_NUM_PROCESSES must be an integer"):
         initialize_distributed()

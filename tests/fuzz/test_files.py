@@ -280,11 +280,13 @@ def test_train_state_that_is_not_one(tmp_path):
     params = init_params(CONFIG)
     opt = optax.adam(1e-3).init(params)
     np.savez(tmp_path / "state.npz", __step__=np.int64(3))
-    with pytest.raises(CheckpointError, match="not a tofu_jax train state"):
-        load_train_state(tmp_path / "state.npz", params, opt)
-    save_train_state(tmp_path / "other.npz", {"w": np.zeros(2, np.float32)}, optax.sgd(1.0).init({}), 1, {})
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "state.npz", tmp_path / "empty", tmp_path / "missing"):
+        with pytest.raises(CheckpointError, match="not a tofu_jax train state"):
+            load_train_state(path, params, opt)
+    save_train_state(tmp_path / "other", {"w": np.zeros(2, np.float32)}, optax.sgd(1.0).init({}), 1, {})
     with pytest.raises(CheckpointError, match="another output directory"):
-        load_train_state(tmp_path / "other.npz", params, opt)
+        load_train_state(tmp_path / "other", params, opt)
 
 
 def test_google_npz_of_the_wrong_rank(tmp_path):

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tofu_jax.blocks import REDUCER_OPS, ToFuAttention, TokenReducer
+from tofu_jax import reduction
+from tofu_jax.blocks import ToFuAttention, TokenReducer
 from tofu_jax.errors import UserError
-from tofu_jax.matching import max_reduction
 from tofu_jax.schedule import Schedule, ScheduleError
 from tofu_jax.schedule import none as no_reduction
 
@@ -104,12 +104,13 @@ def validate_schedule(schedule: Schedule, config: DiTConfig) -> None:
     """Raise :class:`ScheduleError` unless every block's op and ``r`` fit this DiT."""
     if schedule.depth != config.depth:
         raise ScheduleError(f"schedule has {schedule.depth} blocks but the DiT has depth {config.depth}")
-    limit = max_reduction(config.num_tokens, 0)
     for i, b in enumerate(schedule.blocks):
-        if b.op not in REDUCER_OPS:
+        if b.op not in reduction.RESTORABLE_OPS:
             raise ScheduleError(
-                f"block {i}: op {b.op!r} is not supported by the DiT; use {', '.join(REDUCER_OPS)}"
+                f"block {i}: op {b.op!r} is not supported by the DiT (it unmerges every block); use "
+                f"{', '.join(reduction.RESTORABLE_OPS)}"
             )
+        limit = reduction.limit(b.op, config.num_tokens, 0)
         if b.r > limit:
             raise ScheduleError(
                 f"block {i} ({b.op}) asks to remove r={b.r} of {config.num_tokens} tokens; at most {limit}"

@@ -19,24 +19,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from tofu_jax import merging
+from tofu_jax import reduction
 from tofu_jax.attention import attend, cls_attention
-from tofu_jax.emulate import reduce_runtime
 from tofu_jax.errors import ConfigError, InputError
-from tofu_jax.matching import bipartite_soft_matching
-from tofu_jax.schedule import IMPORTANCE_MERGE_OPS, IMPORTANCE_OPS, MATCHING_OPS, Schedule
+from tofu_jax.reduction import REDUCTIONS
+from tofu_jax.schedule import Schedule
 from tofu_jax.schedule import none as no_reduction
 from tofu_jax.scoring import key_norm
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-_INPUT_NORMS = ("inception", "imagenet", "clip")  # keys of tofu_jax.data.preprocess.INPUT_NORMS
+_INPUT_NORMS = ("inception", "imagenet", "clip")  # keys of tofu_jax.data.transforms.INPUT_NORMS
 _BOOL_FIELDS = (
     "cls_token", "distilled", "fc_norm", "gelu_approximate", "layer_scale", "norm_pre", "antialias",
 )  # fmt: skip
-_RESIZE_MODES = ("shorter", "square")  # tofu_jax.data.tfds.RESIZE_MODES
-_INTERPOLATIONS = ("bilinear", "bicubic")  # tofu_jax.data.tfds.INTERPOLATIONS
+_RESIZE_MODES = ("shorter", "square")  # tofu_jax.data.transforms.RESIZE_MODES
+_INTERPOLATIONS = ("bilinear", "bicubic")  # tofu_jax.data.transforms.INTERPOLATIONS
 CLASSIFIERS = ("token", "gap", "map")
 _POSITIVE_INT_FIELDS = (
     "image_size", "patch_size", "channels", "num_classes", "width", "depth", "mlp_dim", "num_heads",
@@ -77,7 +76,7 @@ class ViTConfig:
     gelu_approximate: bool = True  # Google uses tanh GELU; timm/HF use the exact erf form
     dropout_rate: float = 0.0
     dtype: str = "float32"  # compute dtype; parameters stay float32
-    # How the data pipeline normalises pixels for this model (a name in data.preprocess.INPUT_NORMS);
+    # How the data pipeline normalises pixels for this model (a name in data.transforms.INPUT_NORMS);
     # None: unknown (timm weights do not record it), and the CLI asks for --input-norm.
     input_norm: str | None = None
     # How the evaluation pipeline resizes an image for this model (its family's recipe):
@@ -288,7 +287,7 @@ class Encoder1DBlock(nn.Module):
         """x: ``[B, N, D]``, size: ``[B, N, 1]``, sources: ``[B, N, N0]`` or None.
 
         ``runtime=(n, op, r)`` (int32 scalars) replaces the static op and ``r`` by the fixed-shape
-        emulation of :mod:`tofu_jax.emulate` (live tokens first, dead ones of size 0).
+        variant of the op (:func:`tofu_jax.reduction.apply_masked`: live tokens first, dead ones of size 0).
         Returns ``(x, size, sources)`` with ``N - r`` tokens (``N`` under ``runtime``).
         """
         c = self.config
@@ -297,13 +296,10 @@ class Encoder1DBlock(nn.Module):
         attn_size = size if self.prop_attn else None
         if runtime is not None and not self.prop_attn:
             attn_size = (size > 0).astype(jnp.float32)  # bias 0 for live tokens, -inf for dead ones
+        uses_scores = runtime is not None or REDUCTIONS[self.reduction_op].uses_scores
         y, keys, cls_attn = MultiHeadDotProductAttention(
             c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
-        )(
-            y,
-            attn_size,
-            need_cls_attn=(runtime is not None or self.reduction_op in IMPORTANCE_OPS) and c.cls_token,
-        )
+        )(y, attn_size, need_cls_attn=uses_scores and c.cls_token)
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         if c.layer_scale:
             y = LayerScale(name="ls1")(y)
@@ -311,13 +307,14 @@ class Encoder1DBlock(nn.Module):
         metric = keys.mean(axis=2) if self.metric == "keys" else x
         self.sow("intermediates", "attn_out", x)
         self.sow("intermediates", "metric", metric)
+        scores = (cls_attn if cls_attn is not None else key_norm(keys)) if uses_scores else None
         if runtime is not None:
-            scores = cls_attn if cls_attn is not None else key_norm(keys)
-            x, size = reduce_runtime(
+            x, size = reduction.apply_masked(
                 x, size, *runtime, metric, scores, protected=c.num_prefix, mlerp_norm=self.mlerp_norm
             )
         else:
-            x, size, sources = self._reduce(x, size, sources, metric, cls_attn, keys)
+            inputs = reduction.Inputs(metric, scores, c.num_prefix, self.mlerp_norm, sources)
+            x, size, sources, _ = reduction.apply(self.reduction_op, x, size, self.r, inputs)
         self.sow("intermediates", "size", size)
         if sources is not None:
             self.sow("intermediates", "sources", sources)
@@ -330,37 +327,6 @@ class Encoder1DBlock(nn.Module):
         self.sow("intermediates", "mlp_in", x)
         self.sow("intermediates", "mlp_out", y)
         return x + y, size, sources
-
-    def _reduce(self, x, size, sources, metric, cls_attn, keys):
-        if self.reduction_op == "none" or self.r == 0:
-            return x, size, sources
-        protected = self.config.num_prefix
-        if self.reduction_op == "prune_importance":
-            scores = cls_attn if cls_attn is not None else key_norm(keys)
-            keep = merging.importance_keep_indices(scores, self.r, protected=protected)
-            take = functools.partial(jnp.take_along_axis, axis=1)
-            if sources is not None:
-                sources = take(sources, keep[..., None])
-            return take(x, keep[..., None]), take(size, keep[..., None]), sources
-        if self.reduction_op in IMPORTANCE_MERGE_OPS:
-            scores = cls_attn if cls_attn is not None else key_norm(keys)
-            plan = merging.importance_matching(metric, scores, self.r, protected=protected)
-            rule = "mlerp" if self.reduction_op == "merge_importance_mlerp" else "avg"
-            x, size = merging.merge_importance(x, size, plan, rule=rule, norm=self.mlerp_norm)
-            if sources is not None:
-                sources = merging.importance_sources(sources, plan, merged=True)
-            return x, size, sources
-        assert self.reduction_op in MATCHING_OPS
-        m = bipartite_soft_matching(metric, self.r, protected=protected)
-        if self.reduction_op == "prune":
-            x, size = merging.prune(x, size, m)
-        elif self.reduction_op == "merge_avg":
-            x, size = merging.merge_avg(x, size, m)
-        else:
-            x, size = merging.merge_mlerp(x, size, m, norm=self.mlerp_norm)
-        if sources is not None:
-            sources = merging.merge_sources(sources, m, merged=self.reduction_op != "prune")
-        return x, size, sources
 
 
 class Encoder(nn.Module):
