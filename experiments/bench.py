@@ -34,8 +34,8 @@ def peak_memory_bytes() -> int | None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    cli._model_args(p)
-    cli._runtime_args(p)
+    cli.add_model_args(p)
+    cli.add_runtime_args(p)
     p.add_argument("--random", action="store_true", help="random weights (speed only; no checkpoint)")
     p.add_argument("--num-classes-random", type=int, default=1000)
     p.add_argument("--batches", type=int, nargs="+", default=[64, 256])
@@ -56,7 +56,7 @@ def main(argv=None):
                                 num_classes=args.num_classes or args.num_classes_random)  # fmt: skip
         params = init_params(config, 0)
     else:
-        config, params = cli._load_model(args)
+        config, params = cli.model_from_args(args)
     depth = config.depth
     half = depth // 2
     schedules = {

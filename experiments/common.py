@@ -10,15 +10,15 @@ from pathlib import Path
 
 import jax
 
-from tofu_jax import cli, compile_cache, data
+from tofu_jax import cli, compile_cache, data, pipeline
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
-    cli._model_args(p)
-    cli._data_args(p)
+    cli.add_model_args(p)
+    cli.add_data_args(p)
     p.add_argument("--num-examples", type=int, default=2000, help="test images (0 = full split)")
     p.add_argument("--bench-batch", type=int, default=64)
     p.add_argument("--bench-runs", type=int, default=3)
@@ -29,10 +29,17 @@ def parser(description: str) -> argparse.ArgumentParser:
 def setup(args):
     """``(config, params, test_x, test_y, calib_x)``; turns on the persistent compile cache first."""
     compile_cache.enable(args.compile_cache)
-    config, params = cli._load_model(args)
+    config, params = cli.model_from_args(args)
     kw = {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
     test_x, test_y = data.load_split(args.dataset, "test", config, limit=args.num_examples, **kw)
-    calib_x, _ = data.load_split(args.dataset, "train", config, limit=args.calib_images, **kw)
+    calib_x = pipeline.calibration_images(
+        args.dataset,
+        config,
+        split=args.calib_split,
+        count=args.calib_images,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
     return config, params, test_x, test_y, calib_x
 
 

@@ -17,7 +17,7 @@ import matplotlib
 import numpy as np
 
 from experiments.common import RESULTS, parser, write_json
-from tofu_jax import cli, data, planner
+from tofu_jax import cli, pipeline, planner
 from tofu_jax.matching import bipartite_soft_matching, gather_tokens, split_ab
 from tofu_jax.merging import merge_mlerp
 from tofu_jax.models.vit import MlpBranch, ViT
@@ -33,9 +33,15 @@ def main(argv=None):
     p.add_argument("--blocks", type=int, nargs="+", help="blocks to draw (default: 4 spread over depth)")
     p.add_argument("--pairs", type=int, default=3, help="token pairs drawn per block")
     args = p.parse_args(argv)
-    config, params = cli._load_model(args)
-    kw = {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
-    calib_x, _ = data.load_split(args.dataset, "train", config, limit=args.calib_images, **kw)
+    config, params = cli.model_from_args(args)
+    calib_x = pipeline.calibration_images(
+        args.dataset,
+        config,
+        split=args.calib_split,
+        count=args.calib_images,
+        seed=args.seed,
+        data_dir=args.data_dir,
+    )
     profile = profile_model(config, params, calib_x, seed=args.seed)
     tau = planner.otsu_threshold(profile.metric("L_mlp_matched"))
     profile.save(RESULTS / "profile.json")

@@ -1,7 +1,13 @@
 """tofu_jax: Token Fusion (prune or MLERP-merge ViT tokens per block) in JAX/Flax.
 
-The public API, re-exported. Submodules: ``matching``, ``merging``, ``scoring``, ``linearity`` (pure
-ops), ``schedule``, ``flops``, ``profiler``, ``planner``, ``models``, ``checkpoints``, ``data``.
+The main entry points, re-exported. Submodules, one job each:
+
+* pure ops: ``matching``, ``merging``, ``scoring``, ``attention``, ``linearity``; ``reduction`` (the
+  registry of reduction ops) and ``masked`` (their fixed-shape variants);
+* models: ``models.vit``, ``models.dit``, ``blocks`` (ToFu for any Flax block), ``checkpoints``;
+* schedules: ``schedule``, ``flops``, ``profiler``, ``emulate``, ``planner``;
+* running: ``data``, ``parallel`` (meshes), ``evaluate``, ``train``, ``finetune``, ``compare``,
+  ``pipeline`` (the main job as functions), ``export``, ``viz``, ``cli``.
 """
 
 from tofu_jax.attention import attend, cls_attention
@@ -24,12 +30,15 @@ from tofu_jax.merging import (
 from tofu_jax.models.loading import load_model
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply
 from tofu_jax.planner import allocate, plan
+from tofu_jax.reduction import OPS, REDUCTIONS
 from tofu_jax.schedule import BlockReduction, Schedule, ScheduleError
 from tofu_jax.scoring import gradient_saliency, key_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "OPS",
+    "REDUCTIONS",
     "TokenReducer",
     "UserError",
     "ViT",

@@ -75,7 +75,7 @@ NON_NEGATIVE = _int_at_least(0)
 
 
 # --- shared option groups ---------------------------------------------------------------------------
-def _model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument(
         "--checkpoint", help="Google/big_vision .npz, timm or HF .safetensors/.pth/.bin (default: bundled)"
@@ -127,7 +127,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="override the resampling filter")
 
 
-def _runtime_args(p: argparse.ArgumentParser) -> None:
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compile-cache", metavar="DIR|off",
         help="persistent XLA compile cache, or off (default: $TOFU_JAX_COMPILE_CACHE, "
@@ -135,8 +135,8 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _data_args(p: argparse.ArgumentParser) -> None:
-    _runtime_args(p)
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    add_runtime_args(p)
     g = p.add_argument_group("data")
     g.add_argument(
         "--dataset", default="fashion_mnist_idx",
@@ -158,7 +158,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=NON_NEGATIVE, default=0)
 
 
-def _load_model(args):
+def model_from_args(args):
+    """``(config, params)`` for the model flags of :func:`add_model_args` (:func:`tofu_jax.load_model`)."""
     from tofu_jax.models.loading import load_model
 
     return load_model(
@@ -179,152 +180,97 @@ def _load_model(args):
     )
 
 
-def _data_kwargs(args) -> dict:
-    """The data flags every open-data call takes (the seed rule is in :func:`tofu_jax.data.load_split`)."""
-    return {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
-
-
-def _eval_split_name(args) -> str:
-    from tofu_jax.data import eval_split_name
-
-    return eval_split_name(args.dataset, args.split, args.data_dir)
-
-
-def _eval_set(args, config, limit: int | None):
+def _eval_set(args, config):
     from tofu_jax.data import open_eval_set
 
-    return open_eval_set(args.dataset, args.split, config, limit=limit, **_data_kwargs(args))
+    return open_eval_set(
+        args.dataset, args.split, config, limit=args.num_examples, data_dir=args.data_dir, seed=args.seed,
+        calib_split=args.calib_split,
+    )  # fmt: skip
+
+
+def _calibration_images(args, config):
+    from tofu_jax import pipeline
+
+    return pipeline.calibration_images(
+        args.dataset, config, split=args.calib_split, count=args.calib_images, seed=args.seed,
+        data_dir=args.data_dir,
+    )  # fmt: skip
+
+
+def _plan_options(args) -> dict:
+    return dict(mode=args.planner, plan_images=args.plan_images, metric=args.metric, selection=args.selection,
+                r_profile=args.r_profile, seed=args.seed)  # fmt: skip
+
+
+def _log(text: str) -> None:
+    print(text, flush=True)
+
+
+def _schedule_from_args(args, config, params):
+    """``--schedule`` (validated against the model), else a fresh plan for ``--budget``."""
+    from tofu_jax import pipeline
+
+    if args.schedule:
+        return pipeline.load_schedule(args.schedule, config)
+    images = _calibration_images(args, config)
+    return pipeline.plan(config, params, args.budget, images, log=_log, **_plan_options(args)).schedule
 
 
 class _Progress:
-    """A tqdm bar when stderr is a terminal or always (tqdm writes to stderr)."""
+    """A tqdm bar on stderr, opened at the first update (so an early error prints alone)."""
 
     def __init__(self, total: int, desc: str):
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=total, desc=desc, unit="img", leave=False, file=sys.stderr)
+        self.total, self.desc, self.bar = total, desc, None
 
     def __call__(self, name: str, n: int) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, desc=self.desc, unit="img", leave=False, file=sys.stderr)
         self.bar.set_description(name)
         self.bar.update(n)
 
     def close(self):
-        self.bar.close()
-
-
-def _make_plan(args, config, params, profile, images):
-    """The ToFu plan for ``--budget`` from the linearity profile and calibration images."""
-    from tofu_jax import planner
-
-    if args.planner == "fidelity":
-        print(
-            f"planning: fidelity to the unreduced model on {min(len(images), args.plan_images)} "
-            f"{args.calib_split} images",
-            flush=True,
-        )
-    return planner.plan(
-        profile,
-        config,
-        args.budget,
-        mode=args.planner,
-        metric=args.metric,
-        selection=args.selection,
-        params=params,
-        images=images[: args.plan_images],
-        progress=lambda text: print(f"  {text}", flush=True),
-    )
-
-
-def _schedule_from_args(args, config, params):
-    """``--schedule FILE`` (validated against the model) or a fresh plan for ``--budget``."""
-    from tofu_jax.schedule import Schedule
-
-    if args.schedule:
-        sched = Schedule.load(args.schedule)
-        sched.validate(config.depth, config.num_tokens, config.num_prefix)
-        return sched
-    images = _calibration_images(args, config)
-    return _make_plan(args, config, params, _profile(args, config, params, images), images).schedule
-
-
-def _calibration_images(args, config):
-    """``--calib-images`` seeded images of ``--calib-split`` (labels unused), normalised for the model."""
-    from tofu_jax.data import load_split
-
-    kw = dict(_data_kwargs(args), limit=args.calib_images, labelled=False)
-    return load_split(args.dataset, args.calib_split, config, **kw)[0]
-
-
-def _profile(args, config, params, images):
-    from tofu_jax.profiler import profile_model
-
-    print(f"profiling linearity on {len(images)} {args.calib_split} images", flush=True)
-    return profile_model(config, params, images, r_profile=args.r_profile, seed=args.seed)
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --- commands ---------------------------------------------------------------------------------------
 def cmd_run(args) -> int:
-    from tofu_jax import planner
-    from tofu_jax.compare import compare, device_description, format_table
-    from tofu_jax.schedule import Schedule
-    from tofu_jax.viz import plot_comparison
+    from tofu_jax import pipeline, planner
+    from tofu_jax.data import eval_split_name
 
     t0 = time.time()
     planner.check_budget(args.budget)
-    config, params = _load_model(args)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    test_x, test_y = _eval_set(args, config, args.num_examples)
-    print(
-        f"model: ViT depth {config.depth} width {config.width}, {config.num_tokens} tokens; "
-        f"{len(test_x)} {_eval_split_name(args)} images; budget {args.budget:.0%} fewer FLOPs",
-        flush=True,
-    )
-    if args.schedule:
-        tofu = Schedule.load(args.schedule)
-        tofu.validate(config.depth, config.num_tokens, config.num_prefix)
-        plan_meta = {"mode": "file", "path": args.schedule}
-    else:
-        images = _calibration_images(args, config)
-        profile = _profile(args, config, params, images)
-        profile.save(out_dir / "profile.json")
-        p = _make_plan(args, config, params, profile, images)
-        tofu, plan_meta = p.schedule, p.meta(config)
-    tofu.to_json(out_dir / "tofu_schedule.json", meta=plan_meta)
-    tome = planner.allocate(config, ["merge_avg"] * config.depth, args.budget, prop_attn=True)
-    schedules = {"baseline": None, "tofu": tofu, "tome": tome}
-    bar = _Progress(len(test_x) * len(schedules), "evaluating")
-    rows = compare(
-        config, params, schedules, test_x, test_y,
-        batch_size=args.batch_size, bench_batch=args.bench_batch, bench_runs=args.bench_runs, progress=bar,
+    config, params = model_from_args(args)
+    test_x, test_y = _eval_set(args, config)
+    calib = None if args.schedule else _calibration_images(args, config)
+    bar = _Progress(len(test_x) * 3, "evaluating")
+    pipeline.run(
+        config, params, test_x, test_y, calib, budget=args.budget, schedule=args.schedule,
+        out_dir=args.out_dir, split_name=eval_split_name(args.dataset, args.split, args.data_dir),
+        plan_options=_plan_options(args), batch_size=args.batch_size, bench_batch=args.bench_batch,
+        bench_runs=args.bench_runs, progress=bar, log=_log,
     )  # fmt: skip
     bar.close()
-    print(format_table(rows))
-    result = {
-        "device": device_description(),
-        "budget": args.budget,
-        "num_examples": len(test_x),
-        "planner": plan_meta,
-        "config": config.to_dict(),  # the model card: architecture and input recipe as used
-        "rows": rows,
-        "wall_s": time.time() - t0,
-    }
-    (out_dir / "results.json").write_text(json.dumps(result, indent=1) + "\n")
-    title = f"{len(test_x)} {_eval_split_name(args)} images, budget {args.budget:.0%}"
-    plot_comparison(rows, out_dir / "comparison.png", title)
-    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'comparison.png'} ({time.time() - t0:.0f}s)")
+    out = Path(args.out_dir)
+    print(f"wrote {out / 'results.json'} and {out / 'comparison.png'} ({time.time() - t0:.0f}s)")
     return 0
 
 
 def cmd_profile(args) -> int:
-    from tofu_jax import planner
+    from tofu_jax import pipeline, planner
     from tofu_jax.viz import plot_profile
 
-    config, params = _load_model(args)
-    profile = _profile(args, config, params, _calibration_images(args, config))
+    config, params = model_from_args(args)
+    images = _calibration_images(args, config)
+    profile = pipeline.profile_linearity(
+        config, params, images, r_profile=args.r_profile, seed=args.seed, log=_log
+    )
     profile.save(args.out)
     tau = planner.otsu_threshold(profile.metric(args.metric))
-    plot_profile(profile, Path(args.out).with_suffix(".png"), tau)
+    pipeline.draw(plot_profile, profile, Path(args.out).with_suffix(".png"), tau, log=_log)
     print(f"{'block':>5}{'L_mlp(m)':>10}{'L_mlp(r)':>10}{'L_blk(m)':>10}{'cos(m)':>8}{'|avg|/|x|':>10}")
     for b in profile.blocks:
         print(f"{b.block:>5}{b.L_mlp_matched:>10.4f}{b.L_mlp_random:>10.4f}{b.L_block_matched:>10.4f}"
@@ -334,13 +280,13 @@ def cmd_profile(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from tofu_jax import pipeline
     from tofu_jax.profiler import Profile
 
-    config, params = _load_model(args)
+    config, params = model_from_args(args)
     images = _calibration_images(args, config)
-    profile = Profile.load(args.profile) if args.profile else _profile(args, config, params, images)
-    profile.check_depth(config.depth)
-    p = _make_plan(args, config, params, profile, images)
+    profile = Profile.load(args.profile) if args.profile else None
+    p = pipeline.plan(config, params, args.budget, images, profile=profile, log=_log, **_plan_options(args))
     meta = p.meta(config)
     p.schedule.to_json(args.out, meta=meta)
     print(p.schedule.describe())
@@ -349,11 +295,11 @@ def cmd_plan(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from tofu_jax import pipeline
     from tofu_jax.export import write_export
-    from tofu_jax.schedule import Schedule
 
-    config, params = _load_model(args)
-    schedule = Schedule.load(args.schedule) if args.schedule else None
+    config, params = model_from_args(args)
+    schedule = pipeline.load_schedule(args.schedule, config) if args.schedule else None
     meta = {"checkpoint": args.checkpoint, "model": args.model, "schedule": args.schedule}
     side = write_export(
         args.out, config, params, schedule, args.batch, platforms=args.platforms, tf=args.tf, meta=meta
@@ -375,6 +321,7 @@ def cmd_finetune(args) -> int:
     from tofu_jax import planner
     from tofu_jax.checkpoints import google
     from tofu_jax.compare import compare, format_table
+    from tofu_jax.data import load_split
     from tofu_jax.finetune import FinetuneConfig, finetune
 
     planner.check_budget(args.budget)
@@ -382,17 +329,16 @@ def cmd_finetune(args) -> int:
         steps=args.steps, batch_size=args.train_batch, learning_rate=args.lr, seed=args.seed,
         warmup_steps=max(1, args.steps // 10), ckpt_every=args.ckpt_every, augment_pad=args.crop_pad,
     )  # fmt: skip
-    config, params = _load_model(args)
+    config, params = model_from_args(args)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sched = _schedule_from_args(args, config, params)
     sched.to_json(out_dir / "schedule.json")
-    from tofu_jax.data import load_split
-
     train_x, train_y = load_split(
-        args.dataset, args.calib_split, config, limit=args.train_images, **_data_kwargs(args)
-    )
-    test_x, test_y = _eval_set(args, config, args.num_examples)
+        args.dataset, args.calib_split, config, limit=args.train_images, data_dir=args.data_dir,
+        seed=args.seed, calib_split=args.calib_split,
+    )  # fmt: skip
+    test_x, test_y = _eval_set(args, config)
     zero_shot = params
     from tqdm.auto import tqdm
 
@@ -420,14 +366,13 @@ def cmd_finetune(args) -> int:
 def cmd_visualize(args) -> int:
     import jax.numpy as jnp
 
-    from tofu_jax import planner
+    from tofu_jax import pipeline, planner
+    from tofu_jax.data import read_image, read_image_file
     from tofu_jax.models.vit import ViT
     from tofu_jax.viz import plot_schedule, plot_token_groups, token_groups
 
     planner.check_budget(args.budget)
-    config, params = _load_model(args)
-    from tofu_jax.data import read_image, read_image_file
-
+    config, params = model_from_args(args)
     if args.image:  # any size: the model's own resize, crop and normalisation
         image = read_image_file(args.image, config)
     else:
@@ -441,9 +386,9 @@ def cmd_visualize(args) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     title = f"{sched.describe()} | predicted class {int(np.argmax(logits[0]))}"
-    plot_token_groups(image, groups, out, title)
     counts = sched.token_counts(config.num_tokens, config.num_prefix)
-    plot_schedule(sched, counts, out.with_name(out.stem + "_schedule.png"))
+    pipeline.draw(plot_token_groups, image, groups, out, title, log=_log)
+    pipeline.draw(plot_schedule, sched, counts, out.with_name(out.stem + "_schedule.png"), log=_log)
     print(f"wrote {out} and {out.with_name(out.stem + '_schedule.png')}")
     return 0
 
@@ -486,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--r-profile", type=POSITIVE, help="matched pairs per image per block while profiling")
 
     run = sub.add_parser("run", help="main job: baseline vs ToFu vs ToMe at one FLOPs budget")
-    _model_args(run)
-    _data_args(run)
+    add_model_args(run)
+    add_data_args(run)
     planning(run)
     run.add_argument(
         "--schedule",
@@ -502,23 +447,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     prof = sub.add_parser("profile", help="per-block linearity profile on calibration images")
-    _model_args(prof)
-    _data_args(prof)
+    add_model_args(prof)
+    add_data_args(prof)
     prof.add_argument("--r-profile", type=POSITIVE)
     prof.add_argument("--metric", default="L_mlp_matched", choices=PROFILE_METRICS)
     prof.add_argument("--out", default="profile.json")
     prof.set_defaults(func=cmd_profile)
 
     pl = sub.add_parser("plan", help="profile + budget -> schedule JSON")
-    _model_args(pl)
-    _data_args(pl)
+    add_model_args(pl)
+    add_data_args(pl)
     planning(pl)
     pl.add_argument("--profile", help="profile JSON from `tofu-jax profile` (else profile now)")
     pl.add_argument("--out", default="schedule.json")
     pl.set_defaults(func=cmd_plan)
 
     ex = sub.add_parser("export", help="serialized jax.export (StableHLO) artifact + JSON sidecar")
-    _model_args(ex)
+    add_model_args(ex)
     ex.add_argument(
         "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (default: no reduction)"
     )
@@ -526,11 +471,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--platforms", type=_platforms, default="cpu", help="comma-separated, e.g. cpu,cuda")
     ex.add_argument("--tf", default="auto", choices=["auto", "off", "require"], help="TF SavedModel/TFLite")
     ex.add_argument("--out", default="export", help="output directory")
-    _runtime_args(ex)
+    add_runtime_args(ex)
     ex.set_defaults(func=cmd_export)
     vis = sub.add_parser("visualize", help="draw which patches each final token absorbed")
-    _model_args(vis)
-    _data_args(vis)
+    add_model_args(vis)
+    add_data_args(vis)
     planning(vis)
     vis.add_argument("image", nargs="?", help="PNG/JPEG of any size (else --index of the evaluation split)")
     vis.add_argument(
@@ -543,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     vis.set_defaults(func=cmd_visualize)
 
     ft = sub.add_parser("finetune", help="train with a schedule active, then evaluate")
-    _model_args(ft)
-    _data_args(ft)
+    add_model_args(ft)
+    add_data_args(ft)
     planning(ft)
     ft.add_argument(
         "--schedule", help="schedule JSON file or compact form (prune:4x5,...) (else planned from --budget)"
