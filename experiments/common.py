@@ -32,15 +32,15 @@ def setup(args):
     config, params = cli.model_from_args(args)
     kw = {"data_dir": args.data_dir, "seed": args.seed, "calib_split": args.calib_split}
     test_x, test_y = data.load_split(args.dataset, "test", config, limit=args.num_examples, **kw)
-    calib_x = pipeline.calibration_images(
-        args.dataset,
-        config,
-        split=args.calib_split,
-        count=args.calib_images,
-        seed=args.seed,
+    return config, params, test_x, test_y, calibration(args, config)
+
+
+def calibration(args, config):
+    """The ``--calib-images`` draw of ``--calib-split`` that ``tofu-jax run`` profiles and plans on."""
+    return pipeline.calibration_images(
+        args.dataset, config, split=args.calib_split, count=args.calib_images, seed=args.seed,
         data_dir=args.data_dir,
-    )
-    return config, params, test_x, test_y, calib_x
+    )  # fmt: skip
 
 
 def environment() -> dict:

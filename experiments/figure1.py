@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
-from experiments.common import RESULTS, parser, write_json
-from tofu_jax import cli, pipeline, planner
+from experiments.common import RESULTS, calibration, parser, write_json
+from tofu_jax import cli, planner
 from tofu_jax.matching import bipartite_soft_matching, gather_tokens, split_ab
 from tofu_jax.merging import merge_mlerp
 from tofu_jax.models.vit import MlpBranch, ViT
@@ -34,14 +34,7 @@ def main(argv=None):
     p.add_argument("--pairs", type=int, default=3, help="token pairs drawn per block")
     args = p.parse_args(argv)
     config, params = cli.model_from_args(args)
-    calib_x = pipeline.calibration_images(
-        args.dataset,
-        config,
-        split=args.calib_split,
-        count=args.calib_images,
-        seed=args.seed,
-        data_dir=args.data_dir,
-    )
+    calib_x = calibration(args, config)
     profile = profile_model(config, params, calib_x, seed=args.seed)
     tau = planner.otsu_threshold(profile.metric("L_mlp_matched"))
     profile.save(RESULTS / "profile.json")
