@@ -4,17 +4,11 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from tests.helpers import random_params, write_fashion_idx
+from tests.helpers import TINY, random_params, write_fashion_idx
 from tofu_jax.checkpoints import google
 from tofu_jax.cli import main
-from tofu_jax.models.vit import ViTConfig
-
-TINY = ViTConfig(
-    image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2
-)
 
 
 @pytest.fixture(scope="module")
@@ -156,16 +150,6 @@ def test_visualize_draws_groups_and_schedule(assets, tmp_path):
     assert main([*argv, "--index", "2", "--out", str(out)]) == 0
     assert out.stat().st_size > 1000 and (tmp_path / "vis" / "t_schedule.png").exists()
     assert main([*argv, "--index", "99999", "--out", str(out)]) == 2
-
-
-def test_token_groups_marks_pruned_patches():
-    from tofu_jax.viz import token_groups
-
-    sources = np.zeros((3, 5))  # CLS + 4 patches -> 2 groups, patch 3 pruned
-    sources[0, 0] = 1
-    sources[1, [1, 2]] = 1
-    sources[2, 4] = 1
-    np.testing.assert_array_equal(token_groups(sources, 1, 2), [[1, 1], [-1, 2]])
 
 
 def test_run_compiles_each_schedule_once_and_caches_it(assets, tmp_path, capsys):

@@ -5,16 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from tests import helpers
 from tests.helpers import random_params, write_fashion_idx
 from tofu_jax import data, pipeline
 from tofu_jax.flops import flops_ratio
-from tofu_jax.models.vit import ViTConfig
 from tofu_jax.schedule import ScheduleError
 
-TINY = ViTConfig(
-    image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2,
-    input_norm="inception",
-)  # fmt: skip
+TINY = helpers.TINY.replace(input_norm="inception")
 
 
 @pytest.fixture(scope="module")

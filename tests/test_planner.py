@@ -1,4 +1,5 @@
-"""The fidelity planner: meets the budget, never loses to ToMe on its calibration images, deterministic."""
+"""The planners: the fidelity planner meets the budget, never loses to ToMe on its calibration images and is
+deterministic; the profile planners (per_block, split) and the budget allocation meet their budgets."""
 
 import json
 
@@ -6,13 +7,18 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import PROFILED
 from tofu_jax import planner
+from tofu_jax import schedule as S
 from tofu_jax.errors import UserError
-from tofu_jax.flops import flops_ratio
+from tofu_jax.flops import flops_ratio, model_flops
 from tofu_jax.models.vit import ViTConfig, init_params
 
 CONFIG = ViTConfig(image_size=24, patch_size=2, channels=1, num_classes=5, width=16, depth=3, mlp_dim=32,
                    num_heads=2)  # fmt: skip
+BUNDLED_SHAPE = ViTConfig(
+    image_size=28, patch_size=2, channels=1, num_classes=10, width=96, depth=12, mlp_dim=384, num_heads=3
+)
 SOLVER = planner.SolverConfig(fractions=(0.25, 0.5), probe_images=8, search_evals=6)
 
 
@@ -75,3 +81,45 @@ def test_bad_requests(model):
         planner.SolverConfig(fractions=(0.9,))
     with pytest.raises(planner.BudgetError, match="budget must be"):
         planner.plan(None, CONFIG, 1.2, params=params, images=images)
+
+
+# --- the profile planners (``profile``: the shared fixture in tests/conftest.py) and the allocation ------
+
+
+def test_plan_meets_budget_and_round_trips(profile, tmp_path):
+    p = planner.plan(profile, PROFILED, 0.3, mode="per_block")
+    assert flops_ratio(PROFILED, p.schedule) <= 0.7
+    path = tmp_path / "s.json"
+    p.schedule.to_json(path, meta=p.meta(PROFILED))
+    assert S.Schedule.from_json(path) == p.schedule
+
+
+@pytest.mark.parametrize("budget", [0.2, 0.4, 0.5])
+@pytest.mark.parametrize(
+    "ops", [["merge_mlerp"] * 12, ["prune"] * 6 + ["merge_mlerp"] * 6, ["merge_avg"] * 12]
+)
+def test_allocation_hits_budget_within_one_percent_on_bundled_shape(budget, ops):
+    sched = planner.allocate(BUNDLED_SHAPE, ops, budget)
+    ratio = flops_ratio(BUNDLED_SHAPE, sched)
+    assert 1 - budget - 0.01 <= ratio <= 1 - budget, (ratio, sched.describe())
+    target = model_flops(BUNDLED_SHAPE).gflops * (1 - budget)
+    by_target = planner.allocate(BUNDLED_SHAPE, ops, target_gflops=target)
+    assert by_target == sched
+
+
+def test_impossible_budgets_are_reported():
+    with pytest.raises(planner.BudgetError, match="at most"):
+        planner.allocate(BUNDLED_SHAPE, ["merge_mlerp"] * 12, 0.95)
+    with pytest.raises(planner.BudgetError, match=r"budget must be .* in \[0, 1\)"):
+        planner.allocate(BUNDLED_SHAPE, ["merge_mlerp"] * 12, 1.5)
+    with pytest.raises(planner.BudgetError, match="exactly one"):
+        planner.allocate(BUNDLED_SHAPE, ["merge_mlerp"] * 12)
+
+
+def test_importance_selection_maps_ops_and_meets_budget(profile):
+    p = planner.plan(profile, PROFILED, 0.3, mode="per_block", selection="importance")
+    ops = {b.op for b in p.schedule.blocks} - {"none"}
+    assert ops <= {"prune_importance", "merge_importance_mlerp"} and ops
+    assert flops_ratio(PROFILED, p.schedule) <= 0.7
+    with pytest.raises(ValueError, match="selection must be one of"):
+        planner.with_selection(["prune"], "random")

@@ -1,12 +1,9 @@
-"""Fixtures for the checkpoint tests: tiny configs and the reference libraries (parity extra)."""
+"""Fixtures for the checkpoint tests: the tiny config (torch, transformers, timm: tests/conftest.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from experiments.torch_reference import import_timm
 from tofu_jax.models.vit import ViTConfig
 
 from .helpers import TINY
@@ -15,23 +12,3 @@ from .helpers import TINY
 @pytest.fixture
 def tiny() -> ViTConfig:
     return ViTConfig(**TINY)
-
-
-@pytest.fixture(scope="session")
-def torch():
-    return pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="session")
-def transformers(torch):
-    return pytest.importorskip("transformers")
-
-
-@pytest.fixture(scope="session")
-def timm(torch):
-    if importlib.util.find_spec("timm") is None:
-        pytest.skip("timm is not installed (pip install --no-deps timm)")
-    try:
-        return import_timm()
-    except ImportError as e:
-        pytest.skip(f"timm cannot be imported: {e}")

@@ -7,15 +7,11 @@ import json
 import pytest
 
 from tests.checkpoints.helpers import random_flat
-from tests.helpers import write_fashion_idx
+from tests.helpers import TINY, write_fashion_idx
 from tofu_jax.checkpoints import google
 from tofu_jax.checkpoints.common import unflatten
-from tofu_jax.models.vit import ViTConfig
 
-CONFIG = ViTConfig(
-    image_size=28, patch_size=7, channels=1, num_classes=10, width=16, depth=3, mlp_dim=32, num_heads=2,
-    input_norm="inception",
-)  # fmt: skip
+CONFIG = TINY.replace(input_norm="inception")
 
 
 @pytest.fixture(scope="session")
