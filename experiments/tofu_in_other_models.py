@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tofu_jax.blocks import ToFuAttention, ToFuAttentionNNX, TokenReducer, restore_all
+from tofu_jax.attention import ToFuAttention, ToFuAttentionNNX
+from tofu_jax.blocks import TokenReducer, restore_all
 
 OPS = ("none", "prune", "merge_avg", "merge_mlerp")
 

@@ -25,7 +25,6 @@ import numpy as np  # noqa: E402
 from tofu_jax import parallel as par  # noqa: E402
 from tofu_jax import schedule as S  # noqa: E402
 from tofu_jax import train  # noqa: E402
-from tofu_jax.checkpoints.common import tree_to_flat_arrays  # noqa: E402
 from tofu_jax.data.batching import batches  # noqa: E402
 from tofu_jax.evaluate import accuracy  # noqa: E402
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply  # noqa: E402
@@ -64,8 +63,10 @@ def random_params():
 
 
 def flat_state(params, opt_state) -> dict:
-    flat = {"params" + k: v for k, v in tree_to_flat_arrays(params).items()}
-    flat.update({"opt" + k: v for k, v in tree_to_flat_arrays(opt_state).items()})
+    flat = {}
+    for prefix, tree in (("params", params), ("opt", opt_state)):
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+            flat[prefix + jax.tree_util.keystr(path)] = np.asarray(jax.device_get(leaf))
     return flat
 
 

@@ -1,20 +1,12 @@
-"""tofu_jax.blocks: TokenReducer + restore, proportional attention in Linen and NNX."""
+"""tofu_jax.blocks: TokenReducer and restore."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from tofu_jax.blocks import (
-    ReductionState,
-    ToFuAttention,
-    ToFuAttentionNNX,
-    TokenReducer,
-    restore_all,
-)
+from tofu_jax.blocks import ReductionState, TokenReducer, restore_all
 from tofu_jax.matching import output_positions
-from tofu_jax.models.vit import MultiHeadDotProductAttention
 
 OPS = ("prune", "merge_avg", "merge_mlerp")
 
@@ -117,32 +109,3 @@ def test_reducer_validation():
         TokenReducer("merge_mlerp", 1, protected=0, mlerp_norm="mean")
     with pytest.raises(ValueError, match="out of range"):
         TokenReducer("merge_avg", 6, protected=1)(_x(), None, _x())  # 11 tokens: at most 5
-
-
-def _manual_attention(params, x, size, heads):
-    q, k, v = (
-        jnp.einsum("bnd,dhk->bnhk", x, params[n]["kernel"]) + params[n]["bias"]
-        for n in ("query", "key", "value")
-    )
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1]) + jnp.log(size)[:, None, None, :, 0]
-    out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
-    return jnp.einsum("bqhd,hdo->bqo", out, params["out"]["kernel"]) + params["out"]["bias"], k.mean(axis=2)
-
-
-@pytest.mark.parametrize("fused", [True, False])
-def test_linen_and_nnx_attention_agree_with_manual(fused):
-    x, size = _x(6, n=9, c=16), _sizes(6, 2, 9)
-    params = ToFuAttention(4).init(jax.random.PRNGKey(0), x)["params"]
-    params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
-    want_out, want_metric = _manual_attention(params, x, size, 4)
-    out, metric = ToFuAttention(4, fused=fused).apply({"params": params}, x, size)
-    np.testing.assert_allclose(out, want_out, atol=2e-5)
-    np.testing.assert_allclose(metric, want_metric, atol=1e-6)
-    mod = ToFuAttentionNNX(16, 4, rngs=nnx.Rngs(0), fused=fused).load_linen(params)
-    out2, metric2 = mod(x, size)
-    np.testing.assert_allclose(out2, want_out, atol=2e-5)
-    np.testing.assert_allclose(metric2, want_metric, atol=1e-6)
-    # Same parameter layout and attention as the ViT's.
-    vit_out, keys, _ = MultiHeadDotProductAttention(4).apply({"params": params}, x, size)
-    np.testing.assert_allclose(out, vit_out, atol=2e-5)
-    np.testing.assert_allclose(metric, keys.mean(axis=2), atol=1e-6)

@@ -10,7 +10,7 @@ The main entry points, re-exported. Submodules, one job each:
   ``pipeline`` (the main job as functions), ``export``, ``viz``, ``cli``.
 """
 
-from tofu_jax.attention import attend, cls_attention
+from tofu_jax.attention import ToFuAttention, ToFuAttentionNNX, attend, cls_attention
 from tofu_jax.blocks import TokenReducer
 from tofu_jax.errors import UserError
 from tofu_jax.linearity import interpolation_errors, linearity
@@ -37,6 +37,8 @@ from tofu_jax.scoring import gradient_saliency, key_norm
 __version__ = "0.1.0"
 
 __all__ = [
+    "ToFuAttention",
+    "ToFuAttentionNNX",
     "OPS",
     "REDUCTIONS",
     "TokenReducer",

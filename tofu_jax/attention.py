@@ -3,16 +3,25 @@
 Proportional attention adds ``log(size_j)`` to the logit of every key ``j``. As an additive bias it
 runs through :func:`jax.nn.dot_product_attention`, so XLA can use a fused kernel (cuDNN flash
 attention on GPUs for bf16/fp16) instead of materialising the ``[B, H, N, N]`` probabilities.
+
+:func:`attend` is the math; :class:`ToFuAttention` (Linen) and :class:`ToFuAttentionNNX` (``flax.nnx``)
+are the modules with Google's kernel layout and names that the ViT (blocks and MAP head), the DiT and
+user models all use. They return the matching metric (keys averaged over heads) and, when asked, the
+keys and the CLS token's attention.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
-from tofu_jax.errors import ConfigError
+from tofu_jax.errors import ConfigError, UserError
 from tofu_jax.merging import size_bias
 
 # "auto" (cuDNN flash attention on GPUs for bf16/fp16 with head dims that it supports, XLA elsewhere),
@@ -78,3 +87,108 @@ def cls_attention(q: jax.Array, k: jax.Array, size: jax.Array | None = None) -> 
     if size is not None:
         logits = logits + size_bias(size)[:, :, 0]
     return jax.nn.softmax(logits, axis=-1).mean(axis=1)
+
+
+def _outputs(out, q, k, size, return_keys: bool, return_cls_attention: bool) -> tuple:
+    result = (out, k.mean(axis=2))
+    if return_keys:
+        result += (k,)
+    if return_cls_attention:
+        result += (cls_attention(q, k, size),)
+    return result
+
+
+def _check_width(width: int, num_heads: int) -> None:
+    if width % num_heads:
+        raise UserError(f"width {width} is not divisible by num_heads {num_heads}")
+
+
+class ToFuAttention(nn.Module):
+    """Linen multi-head attention with proportional attention, Google's layout and names.
+
+    Kernels: ``query``/``key``/``value`` ``(D, H, hd)``, ``out`` ``(H, hd, D)``.
+
+    Call as ``attn(x, size=None, *, kv=None, return_keys=False, return_cls_attention=False)``:
+    queries from ``x [B, Nq, D]``, keys and values from ``kv [B, N, D]`` (default ``x``: self-attention),
+    ``size [B, N, 1]`` of the key tokens or None. Returns ``(out [B, Nq, D], metric [B, N, hd])``, the
+    metric being the keys averaged over heads (ToMe's), then ``keys [B, N, H, hd]`` when
+    ``return_keys`` and the CLS query's attention ``[B, N]`` (:func:`cls_attention`) when
+    ``return_cls_attention``.
+    """
+
+    num_heads: int
+    dtype: Any = jnp.float32
+    use_bias: bool = True
+    fused: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(
+        self,
+        x: jax.Array,
+        size: jax.Array | None = None,
+        *,
+        kv: jax.Array | None = None,
+        return_keys: bool = False,
+        return_cls_attention: bool = False,
+    ) -> tuple:
+        width = x.shape[-1]
+        _check_width(width, self.num_heads)
+        kv = x if kv is None else kv
+        dense = dict(use_bias=self.use_bias, dtype=self.dtype, kernel_init=self.kernel_init)
+        heads = (self.num_heads, width // self.num_heads)
+        q = nn.DenseGeneral(heads, **dense, name="query")(x)
+        k = nn.DenseGeneral(heads, **dense, name="key")(kv)
+        v = nn.DenseGeneral(heads, **dense, name="value")(kv)
+        y = attend(q, k, v, size, fused=self.fused)
+        out = nn.DenseGeneral(width, axis=(-2, -1), **dense, name="out")(y)
+        return _outputs(out, q, k, size, return_keys, return_cls_attention)
+
+
+class ToFuAttentionNNX(nnx.Module):
+    """The ``flax.nnx`` twin of :class:`ToFuAttention`: same call, parameter names and layouts.
+
+    ``ToFuAttentionNNX(width, num_heads, rngs=nnx.Rngs(0))(x, size) -> (out, metric)``.
+    """
+
+    def __init__(
+        self,
+        width: int,
+        num_heads: int,
+        *,
+        rngs: nnx.Rngs,
+        dtype: Any = None,
+        use_bias: bool = True,
+        fused: bool = True,
+    ):
+        _check_width(width, num_heads)
+        heads = (num_heads, width // num_heads)
+        proj = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
+        self.query = nnx.LinearGeneral(width, heads, **proj)
+        self.key = nnx.LinearGeneral(width, heads, **proj)
+        self.value = nnx.LinearGeneral(width, heads, **proj)
+        self.out = nnx.LinearGeneral(heads, width, axis=(-2, -1), **proj)
+        self.fused = fused
+
+    def __call__(
+        self,
+        x: jax.Array,
+        size: jax.Array | None = None,
+        *,
+        kv: jax.Array | None = None,
+        return_keys: bool = False,
+        return_cls_attention: bool = False,
+    ) -> tuple:
+        kv = x if kv is None else kv
+        q, k, v = self.query(x), self.key(kv), self.value(kv)
+        out = self.out(attend(q, k, v, size, fused=self.fused))
+        return _outputs(out, q, k, size, return_keys, return_cls_attention)
+
+    def load_linen(self, params: dict) -> ToFuAttentionNNX:
+        """Copy parameters from a Linen :class:`ToFuAttention` (``{"query": {"kernel", "bias"}, ...}``)."""
+        for name in ("query", "key", "value", "out"):
+            layer = getattr(self, name)
+            layer.kernel[...] = jnp.asarray(params[name]["kernel"])
+            if layer.bias is not None and "bias" in params[name]:
+                layer.bias[...] = jnp.asarray(params[name]["bias"])
+        return self

@@ -1,18 +1,16 @@
-"""ToFu for any Flax transformer block: a token reducer with an undo, and attention that feeds it.
+"""ToFu for any Flax transformer block: a token reducer with an undo.
 
-Three pieces, independent of the ViT in :mod:`tofu_jax.models.vit`:
+Two pieces, independent of the ViT in :mod:`tofu_jax.models.vit`, that work with
+:class:`tofu_jax.attention.ToFuAttention` (which returns the matching metric):
 
 * :class:`TokenReducer`: a frozen (hashable, jit-static) description of one block's reduction, ``op``
   in ``none | prune | merge_avg | merge_mlerp`` removing ``r`` tokens by bipartite soft matching on a
   metric. ``reducer(x, size, metric)`` returns ``(x, size, state)`` with ``N - r`` tokens;
   ``state.restore(y)`` *unmerges* a ``[B, N - r, C]`` result back to all ``N`` positions.
-* :class:`ToFuAttention` (Linen) and :class:`ToFuAttentionNNX` (``flax.nnx``): multi-head
-  self-attention with proportional attention (an additive ``log(size)`` bias on the logits of each
-  key, so ``jax.nn.dot_product_attention`` can run it) that also returns the matching metric, the
-  keys averaged over heads.
 * :func:`restore_all`: undo a chain of reductions (one state per block) in reverse order.
 
-Two ways to use them inside a block (``x`` = block input, ``N`` tokens):
+Two ways to use them inside a block (``x`` = block input, ``N`` tokens, ``attn`` a
+:class:`~tofu_jax.attention.ToFuAttention`):
 
 1. ToMe / ToFu for encoders (tokens stay reduced for later blocks)::
 
@@ -43,15 +41,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx, struct
+from flax import struct
 
 from tofu_jax import merging, reduction
-from tofu_jax.attention import attend
 from tofu_jax.errors import ConfigError, UserError
 from tofu_jax.matching import Matching
 
@@ -197,89 +192,3 @@ def restore_all(states: Sequence[ReductionState], y: jax.Array) -> jax.Array:
     for state in reversed(states):
         y = state.restore(y)
     return y
-
-
-def keys_metric(keys: jax.Array) -> jax.Array:
-    """``keys [B, N, H, hd]`` -> ``[B, N, hd]``: keys averaged over heads (ToMe's metric)."""
-    return keys.mean(axis=2)
-
-
-class ToFuAttention(nn.Module):
-    """Linen multi-head self-attention returning ``(out [B, N, D], metric [B, N, hd])``.
-
-    ``size [B, N, 1]`` (or None) adds ``log(size)`` to the logits of each key. Parameters use Google's
-    layout and names (``query``/``key``/``value`` kernels ``(D, H, hd)``, ``out`` ``(H, hd, D)``), the
-    same as :class:`tofu_jax.models.vit.MultiHeadDotProductAttention`.
-    """
-
-    num_heads: int
-    dtype: Any = jnp.float32
-    use_bias: bool = True
-    fused: bool = True
-    kernel_init: Callable = nn.initializers.lecun_normal()
-
-    @nn.compact
-    def __call__(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        width = x.shape[-1]
-        if width % self.num_heads:
-            raise UserError(f"width {width} is not divisible by num_heads {self.num_heads}")
-        proj = dict(
-            features=(self.num_heads, width // self.num_heads),
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            kernel_init=self.kernel_init,
-        )
-        q = nn.DenseGeneral(**proj, name="query")(x)
-        k = nn.DenseGeneral(**proj, name="key")(x)
-        v = nn.DenseGeneral(**proj, name="value")(x)
-        y = attend(q, k, v, size, fused=self.fused)
-        out = nn.DenseGeneral(
-            width,
-            axis=(-2, -1),
-            use_bias=self.use_bias,
-            dtype=self.dtype,
-            kernel_init=self.kernel_init,
-            name="out",
-        )(y)
-        return out, keys_metric(k)
-
-
-class ToFuAttentionNNX(nnx.Module):
-    """The ``flax.nnx`` twin of :class:`ToFuAttention` (same parameter names and layouts).
-
-    ``ToFuAttentionNNX(width, num_heads, rngs=nnx.Rngs(0))(x, size) -> (out, metric)``.
-    """
-
-    def __init__(
-        self,
-        width: int,
-        num_heads: int,
-        *,
-        rngs: nnx.Rngs,
-        dtype: Any = None,
-        use_bias: bool = True,
-        fused: bool = True,
-    ):
-        if width % num_heads:
-            raise UserError(f"width {width} is not divisible by num_heads {num_heads}")
-        heads = (num_heads, width // num_heads)
-        proj = dict(use_bias=use_bias, dtype=dtype, rngs=rngs)
-        self.query = nnx.LinearGeneral(width, heads, **proj)
-        self.key = nnx.LinearGeneral(width, heads, **proj)
-        self.value = nnx.LinearGeneral(width, heads, **proj)
-        self.out = nnx.LinearGeneral(heads, width, axis=(-2, -1), **proj)
-        self.fused = fused
-
-    def __call__(self, x: jax.Array, size: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        y = attend(q, k, v, size, fused=self.fused)
-        return self.out(y), keys_metric(k)
-
-    def load_linen(self, params: dict) -> ToFuAttentionNNX:
-        """Copy parameters from a Linen :class:`ToFuAttention` (``{"query": {"kernel", "bias"}, ...}``)."""
-        for name in ("query", "key", "value", "out"):
-            layer = getattr(self, name)
-            layer.kernel[...] = jnp.asarray(params[name]["kernel"])
-            if layer.bias is not None and "bias" in params[name]:
-                layer.bias[...] = jnp.asarray(params[name]["bias"])
-        return self

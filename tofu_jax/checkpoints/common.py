@@ -142,28 +142,3 @@ def npz_save(path: str | Path, flat: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **{k: np.asarray(v) for k, v in flat.items()})
     tmp.replace(path)
-
-
-def tree_to_flat_arrays(tree: Any) -> dict[str, np.ndarray]:
-    """Any pytree (e.g. an optax state) -> ``{keypath: array}`` with stable string keys."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
-
-
-def flat_arrays_to_tree(flat: Mapping[str, np.ndarray], like: Any) -> Any:
-    """Rebuild a pytree shaped like ``like`` from :func:`tree_to_flat_arrays` output."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    out = []
-    problems = []
-    for p, ref in leaves:
-        k = jax.tree_util.keystr(p)
-        if k not in flat:
-            problems.append(f"missing {k}")
-            continue
-        if np.shape(flat[k]) != np.shape(ref):
-            problems.append(f"{k}: {np.shape(flat[k])} vs {np.shape(ref)}")
-            continue
-        out.append(jnp.asarray(flat[k], dtype=jnp.asarray(ref).dtype))
-    if problems:
-        raise CheckpointError("state does not match: " + "; ".join(problems))
-    return jax.tree_util.tree_unflatten(treedef, out)

@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from tofu_jax import reduction
-from tofu_jax.blocks import ToFuAttention, TokenReducer
+from tofu_jax.attention import ToFuAttention
+from tofu_jax.blocks import TokenReducer
 from tofu_jax.errors import UserError
 from tofu_jax.schedule import Schedule, ScheduleError
 from tofu_jax.schedule import none as no_reduction

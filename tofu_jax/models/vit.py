@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from tofu_jax import reduction
-from tofu_jax.attention import attend, cls_attention
+from tofu_jax.attention import ToFuAttention
 from tofu_jax.errors import ConfigError, InputError
 from tofu_jax.reduction import REDUCTIONS
 from tofu_jax.schedule import Schedule
@@ -202,34 +202,6 @@ def preset(name: str, **overrides) -> ViTConfig:
     return ViTConfig.from_dict(fields)
 
 
-class MultiHeadDotProductAttention(nn.Module):
-    """Self-attention that also returns the keys (matching metric) and CLS attention.
-
-    Kernels use Google's layout: query/key/value ``(D, H, hd)``, out ``(H, hd, D)``.
-    """
-
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, size=None, *, need_cls_attn: bool = False):
-        """x: ``[B, N, D]``; size: ``[B, N, 1]`` (proportional attention) or None.
-
-        Returns ``(out [B, N, D], keys [B, N, H, hd], cls_attn [B, N] or None)``.
-        """
-        width = x.shape[-1]
-        head_dim = width // self.num_heads
-        dense = functools.partial(
-            nn.DenseGeneral, features=(self.num_heads, head_dim), axis=-1, dtype=self.dtype
-        )
-        q = dense(name="query")(x)
-        k = dense(name="key")(x)
-        v = dense(name="value")(x)
-        out = attend(q, k, v, size)
-        out = nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
-        return out, k, (cls_attention(q, k, size) if need_cls_attn else None)
-
-
 class MlpBlock(nn.Module):
     """Dense -> GELU -> Dense (Google's ``MlpBlock``)."""
 
@@ -297,9 +269,11 @@ class Encoder1DBlock(nn.Module):
         if runtime is not None and not self.prop_attn:
             attn_size = (size > 0).astype(jnp.float32)  # bias 0 for live tokens, -inf for dead ones
         uses_scores = runtime is not None or REDUCTIONS[self.reduction_op].uses_scores
-        y, keys, cls_attn = MultiHeadDotProductAttention(
-            c.num_heads, dtype, name="MultiHeadDotProductAttention_1"
-        )(y, attn_size, need_cls_attn=uses_scores and c.cls_token)
+        want_cls = uses_scores and c.cls_token
+        y, _, keys, *cls = ToFuAttention(c.num_heads, dtype, name="MultiHeadDotProductAttention_1")(
+            y, attn_size, return_keys=True, return_cls_attention=want_cls
+        )
+        cls_attn = cls[0] if want_cls else None
         y = nn.Dropout(c.dropout_rate)(y, deterministic=deterministic)
         if c.layer_scale:
             y = LayerScale(name="ls1")(y)
@@ -473,26 +447,10 @@ class MAPHead(nn.Module):
         width = x.shape[-1]
         probe = self.param("probe", nn.initializers.xavier_uniform(), (1, 1, width))
         probe = jnp.broadcast_to(probe, (x.shape[0], 1, width)).astype(dtype)
-        y = _ProbeAttention(c.num_heads, dtype, name="MultiHeadDotProductAttention_0")(probe, x, size)
+        y, _ = ToFuAttention(c.num_heads, dtype, name="MultiHeadDotProductAttention_0")(probe, size, kv=x)
         z = nn.LayerNorm(epsilon=c.layernorm_eps, dtype=dtype, name="LayerNorm_0")(y)
         y = y + MlpBlock(c.mlp_dim, c.gelu_approximate, 0.0, dtype, name="MlpBlock_0")(z)
         return y[:, 0]
-
-
-class _ProbeAttention(nn.Module):
-    """Cross-attention from ``queries [B, Nq, D]`` to ``x [B, N, D]``, Google's kernel layout."""
-
-    num_heads: int
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, queries, x, size):
-        width = x.shape[-1]
-        dense = functools.partial(
-            nn.DenseGeneral, features=(self.num_heads, width // self.num_heads), axis=-1, dtype=self.dtype
-        )
-        out = attend(dense(name="query")(queries), dense(name="key")(x), dense(name="value")(x), size)
-        return nn.DenseGeneral(features=width, axis=(-2, -1), dtype=self.dtype, name="out")(out)
 
 
 def make_apply(model: ViT):
