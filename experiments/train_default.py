@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax import train
 from tofu_jax.checkpoints import google
 from tofu_jax.checkpoints.common import flatten
 from tofu_jax.checkpoints.load import adapt
@@ -33,14 +34,7 @@ from tofu_jax.data.batching import batches
 from tofu_jax.data.transforms import augment, resize_nearest_area, to_model_range
 from tofu_jax.evaluate import accuracy
 from tofu_jax.models.vit import ViT, ViTConfig, init_params
-from tofu_jax.train import (
-    OptimConfig,
-    init_opt_state,
-    load_train_state,
-    make_optimizer,
-    make_train_step,
-    save_train_state,
-)
+from tofu_jax.train import OptimConfig, load_train_state, save_train_state
 
 ASSETS = Path(__file__).resolve().parents[1] / "tofu_jax" / "assets"
 BASE = ViTConfig(
@@ -51,9 +45,9 @@ BASE = ViTConfig(
 
 def run_phase(name, config, params, images, labels, optim, args, log, log_file):
     model = ViT(config)
-    tx = make_optimizer(optim)
-    opt_state = init_opt_state(tx, params)
-    step_fn = make_train_step(model, tx, label_smoothing=optim.label_smoothing)
+    tx = train.make_optimizer(optim)
+    opt_state = train.init_opt_state(tx, params)
+    step_fn = train.make_train_step(model, tx, label_smoothing=optim.label_smoothing)
     state_path = Path(args.workdir) / f"state_{name}"
     step = 0
     if state_path.exists():
