@@ -26,8 +26,10 @@ from tofu_jax import parallel as par  # noqa: E402
 from tofu_jax import schedule as S  # noqa: E402
 from tofu_jax import train  # noqa: E402
 from tofu_jax.data.batching import batches  # noqa: E402
+from tofu_jax.emulate import Emulator  # noqa: E402
 from tofu_jax.evaluate import accuracy  # noqa: E402
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply  # noqa: E402
+from tofu_jax.profiler import profile_model  # noqa: E402
 from tofu_jax.train import OptimConfig, make_optimizer, make_train_step  # noqa: E402
 
 CFG = ViTConfig(
@@ -100,6 +102,14 @@ def main(args: dict) -> dict:
             "n": len(y),
         }
     out["timings"]["eval"] = time.perf_counter() - t
+
+    # --- calibration passes on the default mesh (every device): profiler and emulator ---
+    t = time.perf_counter()
+    calib = x[:8]  # 8 rows: split over 1, 2 and 8 devices alike
+    profile = profile_model(CFG, params, calib, r_profile=2)
+    out["profile"] = [b.L_mlp_matched for b in profile.blocks]
+    out["emulated"] = Emulator(ViT(CFG), params, calib).logits(MERGE).tolist()
+    out["timings"]["calibration"] = time.perf_counter() - t
 
     # --- fine-tuning with a static merging schedule; checkpoint across device counts ---
     t = time.perf_counter()

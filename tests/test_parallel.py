@@ -64,6 +64,13 @@ def test_evaluation_identical_across_device_counts(runs):
     assert reference == {k: out[2]["eval"]["merge"][k] for k in ("top1", "top5", "n")}
 
 
+def test_profiler_and_emulator_identical_across_device_counts(runs):
+    out, _ = runs
+    for n in (2, 8):
+        np.testing.assert_allclose(out[n]["profile"], out[1]["profile"], rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(out[n]["emulated"], out[1]["emulated"], atol=1e-5, rtol=0)
+
+
 def test_checkpoint_restores_exactly_on_other_meshes(runs):
     out, _ = runs
     for n in (1, 8):

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax import parallel
+from tofu_jax.models.vit import Encoder1DBlock
 from tofu_jax.reduction import OPS
 from tofu_jax.schedule import Schedule
 
@@ -32,18 +34,17 @@ class Emulator:
 
     Args:
       model: a :class:`~tofu_jax.models.vit.ViT`.  params: its parameters.
-      images: ``[B, H, W, C]`` images to score on (kept on device).
+      images: ``[B, H, W, C]`` images to score on (kept on the default mesh by
+        :func:`tofu_jax.parallel.place_batch`).
       bucket: the token axis is trimmed to a multiple of this as tokens go (one program per length);
         default: an eighth of the tokens, so at most nine programs per batch shape.
       cache_states: block states kept for reuse by schedules that share a prefix.
     """
 
     def __init__(self, model, params, images, *, bucket: int | None = None, cache_states: int = 96):
-        from tofu_jax.models.vit import Encoder1DBlock  # the model imports this module
-
         self.config = c = model.config
-        self.params = params
-        self.images = jnp.asarray(images)
+        self.params = params = parallel.on_mesh(params, parallel.default_mesh())
+        self.images = parallel.place_batch(images)
         self.bucket = bucket or max(8, -(-c.num_tokens // 8))
         self._states: collections.OrderedDict = collections.OrderedDict()
         self._cache_states = cache_states

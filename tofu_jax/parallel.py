@@ -11,7 +11,8 @@ process per host:
   replicated, or with ``fsdp > 1`` each large >=2-D leaf has its largest divisible axis split over
   ``"fsdp"`` (:func:`tree_shardings`);
 * :func:`shard_batch` turns each process's rows into global arrays, padding them to a multiple of the
-  device count with masked-out rows.
+  device count with masked-out rows; :func:`place_batch` puts rows every process shares (calibration
+  images) on the mesh without padding.
 
 :func:`tofu_jax.evaluate.accuracy`, :func:`tofu_jax.train.make_train_step` and the Orbax train state of
 :mod:`tofu_jax.train` build on these.
@@ -246,6 +247,18 @@ def shard_batch(
         mask = np.concatenate([mask, np.zeros(pad, bool)])
     sharding = batch_sharding(mesh)
     return tuple(jax.make_array_from_process_local_data(sharding, x) for x in (images, labels, mask))
+
+
+def place_batch(x, mesh: Mesh | None = None) -> jax.Array:
+    """The same host rows ``x [B, ...]`` on every process, as one array on ``mesh``.
+
+    Split over the batch axes when one process holds every device and ``B`` divides the device count,
+    else replicated: what the calibration passes (profiler, planner) run on, so a batch is never
+    padded and every statistic sees exactly the given rows.
+    """
+    mesh = mesh or default_mesh()
+    split = jax.process_count() == 1 and len(x) % mesh.size == 0
+    return _place(np.asarray(x), batch_sharding(mesh) if split else replicated(mesh))
 
 
 def local_rows(x: jax.Array) -> np.ndarray:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tofu_jax import parallel
 from tofu_jax.errors import UserError
 from tofu_jax.evaluate import check_images
 from tofu_jax.linearity import DEFAULT_ALPHAS, interpolation_errors
@@ -161,6 +162,8 @@ def profile_model(
         raise UserError(f"r_profile={r_profile} out of range 1..{max_reduction(n, protected)}")
     model = ViT(config)
     branch = MlpBranch(config)
+    mesh = parallel.default_mesh()
+    params = parallel.on_mesh(params, mesh)
 
     @jax.jit
     def collect(p, x):
@@ -185,7 +188,7 @@ def profile_model(
         d[key] = (s + float(value) * weight, w + weight)
 
     for start in range(0, len(images), batch_size):
-        x = jnp.asarray(images[start : start + batch_size])
+        x = parallel.place_batch(images[start : start + batch_size], mesh)
         per_block = collect(params, x)
         for i, (tokens, metric) in enumerate(per_block):
             bp = params["Transformer"][f"encoderblock_{i}"]
