@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
 from experiments.common import RESULTS, calibration, parser, write_json
@@ -23,9 +22,6 @@ from tofu_jax.merging import merge_mlerp
 from tofu_jax.models.vit import MlpBranch, ViT
 from tofu_jax.profiler import profile_model
 from tofu_jax.viz import plot_profile
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def main(argv=None):
@@ -58,6 +54,11 @@ def main(argv=None):
     inter = state["intermediates"]["Transformer"]
     branch = MlpBranch(config)
     alphas = np.linspace(0, 1, 41)
+    import matplotlib
+
+    matplotlib.use("Agg")  # a script that writes PNG files
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(blocks), figsize=(4 * len(blocks), 4))
     record = []
     for ax, i in zip(np.atleast_1d(axes), blocks, strict=True):
