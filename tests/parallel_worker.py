@@ -27,7 +27,7 @@ from tofu_jax import schedule as S  # noqa: E402
 from tofu_jax import train  # noqa: E402
 from tofu_jax.data.batching import batches  # noqa: E402
 from tofu_jax.emulate import Emulator  # noqa: E402
-from tofu_jax.evaluate import accuracy  # noqa: E402
+from tofu_jax.evaluate import accuracy, predict_fn  # noqa: E402
 from tofu_jax.models.vit import ViT, ViTConfig, make_apply  # noqa: E402
 from tofu_jax.profiler import profile_model  # noqa: E402
 from tofu_jax.train import OptimConfig, make_optimizer, make_train_step  # noqa: E402
@@ -101,6 +101,7 @@ def main(args: dict) -> dict:
             "top5": float(np.mean((top == y[:, None]).any(-1))),
             "n": len(y),
         }
+    out["predict"] = np.asarray(predict_fn(CFG, mesh)(placed, x[:5], MERGE)).tolist()  # 5 rows: padded
     out["timings"]["eval"] = time.perf_counter() - t
 
     # --- calibration passes on the default mesh (every device): profiler and emulator ---

@@ -60,6 +60,10 @@ def test_evaluation_identical_across_device_counts(runs):
         ref = np.asarray(results[0]["logits"])
         for r in results[1:]:
             np.testing.assert_allclose(np.asarray(r["logits"]), ref, atol=1e-5, rtol=0)
+    for n in (1, 2, 8):  # predict_fn: the program accuracy compiled, padding rows cut off
+        predicted = np.asarray(out[n]["predict"])
+        assert predicted.shape == (5, 4)
+        np.testing.assert_allclose(predicted, np.asarray(out[n]["eval"]["merge"]["logits"])[:5], atol=1e-5)
     reference = out[1]["reference_eval"]  # counted in NumPy from the plain program's logits
     assert reference == {k: out[2]["eval"]["merge"][k] for k in ("top1", "top5", "n")}
 

@@ -77,8 +77,8 @@ def accuracy(
 ) -> dict:
     """Top-1/top-5 over ``(images, labels, valid)`` batches, sharded over ``mesh``.
 
-    Each process passes its own batches (all
-    processes the same number of them); ``valid`` is an int or a bool mask. Batches are padded to a
+    Each process passes its own batches (all processes the same number of them); ``valid`` is an int
+    or a bool mask. Batches are padded to a
     multiple of the device count and the padding masked out; the counts are summed over devices inside
     the jitted program, so every example counts exactly once. ``params`` not already on ``mesh`` are
     placed there (replicated, or FSDP on an ``fsdp > 1`` mesh). ``return_logits`` adds ``"logits"``:
@@ -118,25 +118,26 @@ def predict_fn(config: ViTConfig, mesh: Mesh | None = None) -> Callable:
     """``predict(params, images, schedule=None) -> logits [B, K]`` on ``mesh``, through the program
     :func:`accuracy` compiles for the same batch shape (so timing and evaluating a schedule compile
     it once). ``images``: ``[B, H, W, C]``, host or device; ``params`` placed by
-    :func:`tofu_jax.parallel.on_mesh`. The logits stay sharded on the mesh (call ``block_until_ready``
-    to time them)."""
+    :func:`tofu_jax.parallel.on_mesh`. The logits stay on the mesh (call ``block_until_ready`` to time
+    them); on several processes they are the global array of every process's rows, padded as by
+    :func:`tofu_jax.parallel.shard_batch`."""
     mesh = mesh or default_mesh()
     filler: dict[int, tuple[jax.Array, jax.Array]] = {}
 
     def predict(params, images, schedule: Schedule | None = None):
         f = _eval_fn(config, mesh, params)
         b = images.shape[0]
-        if b % mesh.size or jax.process_count() > 1:
-            x, y, m = shard_batch(np.asarray(images), np.zeros(b, np.int32), None, mesh)
-            return f(params, x, y, m, schedule)[0]
-        if b not in filler:
-            sharding = batch_sharding(mesh)
-            filler[b] = (
-                jax.device_put(np.zeros(b, np.int32), sharding),
-                jax.device_put(np.ones(b, bool), sharding),
-            )
-        x = jax.device_put(images, batch_sharding(mesh))
-        return f(params, x, *filler[b], schedule)[0]
+        if b % mesh.size == 0 and jax.process_count() == 1:  # no padding, no host round trip
+            if b not in filler:
+                sharding = batch_sharding(mesh)
+                filler[b] = (
+                    jax.device_put(np.zeros(b, np.int32), sharding),
+                    jax.device_put(np.ones(b, bool), sharding),
+                )
+            return f(params, jax.device_put(images, batch_sharding(mesh)), *filler[b], schedule)[0]
+        x, y, m = shard_batch(np.asarray(images), np.zeros(b, np.int32), None, mesh)
+        logits = f(params, x, y, m, schedule)[0]
+        return logits[:b] if jax.process_count() == 1 else logits
 
     return predict
 
